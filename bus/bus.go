@@ -1,0 +1,153 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// Config configures a Bus. The zero value of each field means its documented
+// default, except URL, which is required.
+type Config struct {
+	// URL is the NATS server or cluster to connect to, comma-separated.
+	URL string
+	// Name is the NATS client connection name. By default, "threadbus".
+	Name string
+	// Retention is how long the THREADS stream keeps messages. By default,
+	// DefaultRetention (24h).
+	Retention time.Duration
+	// Replicas of the THREADS stream when it is created. By default, 1.
+	Replicas int
+	// Shards is the number of goroutines that dispatch live events; a thread
+	// always goes to the same one. By default, 4 per GOMAXPROCS.
+	Shards int
+	// Logger receives the bus's logs. By default, slog.Default().
+	Logger *slog.Logger
+	// Options are appended to the NATS connection options.
+	Options []nats.Option
+}
+
+// Bus is a connection to NATS with the THREADS stream and the live feeds of
+// locally bound threads. Its methods are safe for concurrent use.
+type Bus struct {
+	cfg    Config
+	log    *slog.Logger
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	epoch  string
+	hub    *hub
+
+	closed   chan struct{} // closed by the NATS closed handler
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Open connects to NATS, creates or updates the THREADS stream and starts
+// the live dispatchers. Close releases all of it.
+func Open(ctx context.Context, cfg Config) (*Bus, error) {
+	if cfg.URL == "" {
+		return nil, errors.New("bus: no NATS URL")
+	}
+	if cfg.Name == "" {
+		cfg.Name = "threadbus"
+	}
+	if cfg.Shards <= 0 {
+		cfg.Shards = 4 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	b := &Bus{cfg: cfg, log: cfg.Logger, closed: make(chan struct{})}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		// The sidecar never consumes what it publishes itself.
+		nats.NoEcho(),
+		nats.MaxReconnects(-1),
+		nats.ClosedHandler(func(*nats.Conn) { close(b.closed) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			b.log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			b.log.Warn("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	nc, err := nats.Connect(cfg.URL, append(opts, cfg.Options...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", cfg.URL, err)
+	}
+	b.nc = nc
+	if b.js, err = jetstream.New(nc); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if b.stream, err = ensureStream(ctx, b.js, StreamConfig(cfg.Retention, cfg.Replicas)); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	b.epoch = epochOf(b.stream.CachedInfo())
+	b.hub = newHub(b, cfg.Shards)
+	return b, nil
+}
+
+// Conn is the underlying NATS connection, for subscriptions the caller owns.
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// JetStream is the JetStream context of the connection.
+func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+
+// Epoch names this incarnation of the THREADS stream. Sequences are only
+// comparable between equal epochs.
+func (b *Bus) Epoch() string { return b.epoch }
+
+// Ready reports whether JetStream answers.
+func (b *Bus) Ready(ctx context.Context) error {
+	if _, err := b.js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("jetstream not ready: %w", err)
+	}
+	return nil
+}
+
+// StreamBounds returns the first and last sequence the stream holds now.
+func (b *Bus) StreamBounds(ctx context.Context) (first, last uint64, err error) {
+	info, err := b.stream.Info(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("stream %s info: %w", subjects.Stream, err)
+	}
+	return info.State.FirstSeq, info.State.LastSeq, nil
+}
+
+// Close drains the NATS connection, which flushes pending publishes and
+// ends every subscription, then stops the dispatchers. It is idempotent.
+func (b *Bus) Close(ctx context.Context) error {
+	b.stopOnce.Do(func() {
+		if err := b.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			b.nc.Close()
+		}
+		select {
+		case <-b.closed:
+		case <-ctx.Done():
+			b.nc.Close()
+			<-b.closed
+			b.stopErr = fmt.Errorf("drain nats: %w", ctx.Err())
+		}
+		b.hub.stop()
+	})
+	return b.stopErr
+}

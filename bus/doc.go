@@ -1,0 +1,27 @@
+// Package bus is the NATS side of threadbus: the connection to NATS, the
+// THREADS stream, publishing client frames, reading a thread's history, and
+// the live feeds that deliver a thread's events to local listeners.
+//
+// # Delivery model
+//
+// The stream republishes every stored thread.<tid>.out message to
+// threadbus.live.<tid> with its stream sequence and the previous sequence of
+// the same thread (Nats-Last-Sequence). A Bus keeps one core subscription per
+// thread that has a local listener (a feed), shared by all of them; no
+// JetStream consumer is created per connection or per binding. A feed delivers
+// each event once, in stream order, and repairs a gap on the live path (the
+// republish is at-most-once) from the stream before it delivers later events.
+// History is read with batched direct gets.
+//
+// # Concurrency
+//
+// All methods of Bus are safe for concurrent use. Listener methods are called
+// from the feed's dispatch goroutine while the feed is locked: they must not
+// block and must not call back into the Bus.
+//
+// # Lifecycle
+//
+// Open connects and creates or updates the stream; Close drains the
+// connection and stops the dispatch goroutines. StartServer runs an embedded
+// nats-server for a single-machine deployment.
+package bus

@@ -1,0 +1,13 @@
+package bus
+
+import "errors"
+
+var (
+	// ErrClosed is returned by calls on a closed Bus.
+	ErrClosed = errors.New("bus closed")
+	// ErrGapUnrepaired is passed to Listener.Fail when the live path lost an
+	// event that could not be read back from the stream.
+	ErrGapUnrepaired = errors.New("live gap could not be repaired from the stream")
+	// ErrBadLiveMessage is logged when a live message lacks the republish headers.
+	ErrBadLiveMessage = errors.New("live message without republish headers")
+)

@@ -1,0 +1,306 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/threadbus/threadbus/frame"
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// Listener receives the live events of one thread.
+type Listener interface {
+	// Deliver is called once for every event stored after the position Join
+	// returned, in stream order, from the feed's dispatch goroutine with the
+	// feed locked. It must not block.
+	Deliver(Event)
+	// Fail is called at most once, when the feed cannot go on without a gap;
+	// the listener has then been removed from the feed.
+	Fail(error)
+}
+
+const (
+	shardQueue    = 8192            // live messages buffered per dispatcher
+	feedIOTimeout = 5 * time.Second // position lookups and gap repairs
+	repairTries   = 3
+)
+
+// hub owns the live feeds of a Bus: one core subscription per thread with a
+// local listener, dispatched by a fixed set of goroutines (shards), so that
+// the number of goroutines does not grow with threads or connections.
+type hub struct {
+	b      *Bus
+	mu     sync.Mutex
+	feeds  map[string]*feed
+	shards []chan *nats.Msg
+	done   chan struct{} // closed by stop
+	wg     sync.WaitGroup
+
+	gapsRepaired atomic.Uint64
+}
+
+// feed is the live path of one thread on this sidecar.
+type feed struct {
+	tid     string
+	outSubj string
+	sub     *nats.Subscription
+
+	// mu orders everything that reads or moves the position: dispatch,
+	// joins, gap repair. It is held across the position lookup and the gap
+	// repair on purpose: no live message may be judged before the position
+	// it is judged against is known.
+	mu        sync.Mutex
+	ready     bool   // last is known
+	closed    bool   // stopped: unsubscribed, to be replaced by a new feed
+	last      uint64 // sequence of the last event delivered (or the position at start)
+	listeners map[Listener]struct{}
+}
+
+func newHub(b *Bus, shards int) *hub {
+	h := &hub{b: b, feeds: make(map[string]*feed), shards: make([]chan *nats.Msg, shards), done: make(chan struct{})}
+	for i := range h.shards {
+		ch := make(chan *nats.Msg, shardQueue)
+		h.shards[i] = ch
+		h.wg.Go(func() {
+			for {
+				select {
+				case msg := <-ch:
+					h.dispatch(msg)
+				case <-h.done:
+					return
+				}
+			}
+		})
+	}
+	return h
+}
+
+// stop ends the dispatchers. The shard channels stay open: the NATS client
+// may still hold a message for one of them.
+func (h *hub) stop() {
+	close(h.done)
+	h.wg.Wait()
+}
+
+// Join adds l to the live feed of tid, starting the feed if l is its first
+// local listener, and returns the feed's position: l receives every event
+// with a sequence above it; every event up to it is stored and can be read
+// with History.
+func (b *Bus) Join(ctx context.Context, tid string, l Listener) (uint64, error) {
+	for {
+		f, err := b.hub.feed(tid)
+		if err != nil {
+			return 0, err
+		}
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			continue
+		}
+		if !f.ready {
+			if err := b.hub.position(ctx, f); err != nil {
+				f.mu.Unlock()
+				b.hub.release(f)
+				return 0, err
+			}
+		}
+		f.listeners[l] = struct{}{}
+		pos := f.last
+		f.mu.Unlock()
+		return pos, nil
+	}
+}
+
+// Leave removes l from the feed of tid; the feed stops with its last listener.
+// After Leave returns, l receives nothing more from tid.
+func (b *Bus) Leave(tid string, l Listener) {
+	b.hub.mu.Lock()
+	f := b.hub.feeds[tid]
+	b.hub.mu.Unlock()
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	delete(f.listeners, l)
+	f.mu.Unlock()
+	b.hub.release(f)
+}
+
+// GapsRepaired counts the live gaps filled from the stream so far.
+func (b *Bus) GapsRepaired() uint64 { return b.hub.gapsRepaired.Load() }
+
+// feed returns the feed of tid, subscribing a new one if there is none.
+func (h *hub) feed(tid string) (*feed, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f := h.feeds[tid]; f != nil && !f.isClosed() {
+		return f, nil
+	}
+	live, err := subjects.Live(tid)
+	if err != nil {
+		return nil, err
+	}
+	out, _ := subjects.ThreadOut(tid) // valid: Live accepted tid
+	f := &feed{tid: tid, outSubj: out, listeners: make(map[Listener]struct{})}
+	if f.sub, err = h.b.nc.ChanSubscribe(live, h.shardOf(tid)); err != nil {
+		return nil, fmt.Errorf("subscribe to %s: %w", live, err)
+	}
+	h.feeds[tid] = f
+	return f, nil
+}
+
+func (f *feed) isClosed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
+// release stops f if it has no listener left.
+func (h *hub) release(f *feed) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || len(f.listeners) > 0 {
+		return
+	}
+	f.closeLocked()
+	if h.feeds[f.tid] == f {
+		delete(h.feeds, f.tid)
+	}
+}
+
+func (f *feed) closeLocked() {
+	f.closed = true
+	_ = f.sub.Unsubscribe() // fails only on a closed connection, which has no subscription left
+}
+
+func (h *hub) shardOf(tid string) chan *nats.Msg {
+	sum := fnv.New32a()
+	sum.Write([]byte(tid))
+	return h.shards[sum.Sum32()%uint32(len(h.shards))]
+}
+
+// position looks up the last stored event of f's thread. Called with f.mu
+// held, after f's subscription was sent to the server: every event stored
+// later is republished to it.
+func (h *hub) position(ctx context.Context, f *feed) error {
+	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
+	defer cancel()
+	m, err := h.b.stream.GetLastMsgForSubject(ctx, f.outSubj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		f.last = 0
+	case err != nil:
+		return fmt.Errorf("last event of %s: %w", f.outSubj, err)
+	default:
+		f.last = m.Sequence
+	}
+	f.ready = true
+	return nil
+}
+
+// dispatch handles one live message on its shard goroutine.
+func (h *hub) dispatch(msg *nats.Msg) {
+	tid, err := subjects.ThreadOf(msg.Subject)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	f := h.feeds[tid]
+	h.mu.Unlock()
+	if f == nil || f.sub != msg.Sub {
+		return // a message of a feed that has stopped since
+	}
+	seq, prev, ts, err := liveHeaders(msg)
+	if err != nil {
+		h.b.log.Warn("dropping live message", "thread", tid, "err", err)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	if !f.ready {
+		if err := h.position(context.Background(), f); err != nil {
+			h.failLocked(f, err)
+			return
+		}
+	}
+	if seq <= f.last {
+		return // already delivered, or stored before the feed's position
+	}
+	if prev > f.last {
+		if err := h.repairLocked(f, prev, seq); err != nil {
+			h.failLocked(f, err)
+			return
+		}
+	}
+	f.deliverLocked(Event{Thread: tid, Seq: seq, Time: ts, Frame: frame.Event(msg.Data, tid, seq)})
+}
+
+// repairLocked delivers the events between f.last and before, which the live
+// path lost, reading them from the stream. prev is the sequence the stream
+// says came before `before`.
+func (h *hub) repairLocked(f *feed, prev, before uint64) error {
+	from := f.last
+	var err error
+	for try := 0; try < repairTries && f.last < prev; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), feedIOTimeout)
+		err = h.b.History(ctx, f.tid, Start{AfterSeq: f.last}, func(ev Event, _ uint64) bool {
+			if ev.Seq >= before {
+				return false
+			}
+			f.deliverLocked(ev)
+			return true
+		})
+		cancel()
+	}
+	if f.last < prev {
+		return fmt.Errorf("%w: thread %s, events after %d up to %d: %v", ErrGapUnrepaired, f.tid, f.last, prev, err)
+	}
+	h.gapsRepaired.Add(1)
+	h.b.log.Info("live gap repaired", "thread", f.tid, "after_seq", from, "through_seq", prev)
+	return nil
+}
+
+func (f *feed) deliverLocked(ev Event) {
+	for l := range f.listeners {
+		l.Deliver(ev)
+	}
+	f.last = ev.Seq
+}
+
+// failLocked tells every listener that f cannot go on and stops f. The
+// next Join of the thread replaces it with a new feed.
+func (h *hub) failLocked(f *feed, err error) {
+	h.b.log.Error("live feed failed", "thread", f.tid, "err", err)
+	for l := range f.listeners {
+		l.Fail(err)
+		delete(f.listeners, l)
+	}
+	f.closeLocked()
+}
+
+func liveHeaders(msg *nats.Msg) (seq, prev uint64, ts time.Time, err error) {
+	seq, err = strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return 0, 0, ts, fmt.Errorf("%w: %s: %v", ErrBadLiveMessage, jetstream.SequenceHeader, err)
+	}
+	prev, err = strconv.ParseUint(msg.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	if err != nil {
+		return 0, 0, ts, fmt.Errorf("%w: %s: %v", ErrBadLiveMessage, jetstream.LastSequenceHeader, err)
+	}
+	ts, _ = time.Parse(time.RFC3339Nano, msg.Header.Get(jetstream.TimeStampHeaer))
+	return seq, prev, ts, nil
+}

@@ -1,0 +1,88 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/threadbus/threadbus/frame"
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// historyBatch is how many messages one direct-get request asks for.
+const historyBatch = 256
+
+// Event is one stored thread.<tid>.out message, ready to deliver.
+type Event struct {
+	Thread string
+	Seq    uint64
+	Time   time.Time
+	// Frame is the WebSocket frame for the event (see frame.Event). It may be
+	// shared between listeners and must not be modified.
+	Frame []byte
+}
+
+// Start says where a history read begins: after the sequence AfterSeq or,
+// when Time is set, at the first event stored at or after Time.
+type Start struct {
+	AfterSeq uint64
+	Time     time.Time
+}
+
+func (s Start) String() string {
+	if !s.Time.IsZero() {
+		return "time " + s.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return "after seq " + strconv.FormatUint(s.AfterSeq, 10)
+}
+
+// History calls fn with the stored events of a thread from start on, in
+// stream order, until fn returns false or the events stored when the read
+// began are exhausted. pending is the number of matching events stored after
+// ev when its batch was read: 1 + pending of the first event is how many a
+// complete read of the thread yields.
+func (b *Bus) History(ctx context.Context, tid string, start Start, fn func(ev Event, pending uint64) bool) error {
+	subj, err := subjects.ThreadOut(tid)
+	if err != nil {
+		return err
+	}
+	from := jetstreamext.GetBatchSeq(start.AfterSeq + 1)
+	if !start.Time.IsZero() {
+		from = jetstreamext.GetBatchStartTime(start.Time)
+	}
+	for {
+		msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, historyBatch, jetstreamext.GetBatchSubject(subj), from)
+		if err != nil {
+			return fmt.Errorf("read history of %s: %w", subj, err)
+		}
+		n, last, pending := 0, uint64(0), uint64(0)
+		for m, err := range msgs {
+			if errors.Is(err, jetstreamext.ErrNoMessages) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("read history of %s: %w", subj, err)
+			}
+			n++
+			last = m.Sequence
+			pending = numPending(m)
+			if !fn(Event{Thread: tid, Seq: m.Sequence, Time: m.Time, Frame: frame.Event(m.Data, tid, m.Sequence)}, pending) {
+				return nil
+			}
+		}
+		if n == 0 || pending == 0 {
+			return nil
+		}
+		from = jetstreamext.GetBatchSeq(last + 1)
+	}
+}
+
+func numPending(m *jetstream.RawStreamMsg) uint64 {
+	n, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+	return n
+}

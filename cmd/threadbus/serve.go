@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/urfave/cli/v2"
+
+	"github.com/threadbus/threadbus/bus"
+	"github.com/threadbus/threadbus/sidecar"
+)
+
+const shutdownTimeout = 15 * time.Second
+
+func envVars(name string) []string { return []string{"THREADBUS_" + name} }
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the sidecar (with an embedded NATS server unless --nats-url is given)",
+		Description: "Serves WebSocket clients on /ws, and /healthz and /readyz, on --listen.\n" +
+			"Without --nats-url it starts an embedded nats-server with JetStream that agents\n" +
+			"reach on --nats-listen, storing under --data-dir.\n\n" +
+			"Example:\n  threadbus serve --listen 127.0.0.1:8080 --replay-grace 1m",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "HTTP and WebSocket address", EnvVars: envVars("LISTEN")},
+			&cli.StringFlag{Name: "nats-url", Usage: "NATS server or cluster to use; empty starts an embedded server", EnvVars: envVars("NATS_URL")},
+			&cli.StringFlag{Name: "nats-listen", Value: "127.0.0.1:4222", Usage: "embedded NATS server's client address, for agents", EnvVars: envVars("NATS_LISTEN")},
+			&cli.StringFlag{Name: "data-dir", Value: "./threadbus-data", Usage: "embedded NATS server's JetStream storage", EnvVars: envVars("DATA_DIR")},
+			&cli.StringFlag{Name: "nats-config", Usage: "nats-server config file for the embedded server", EnvVars: envVars("NATS_CONFIG")},
+			&cli.DurationFlag{Name: "replay-grace", Value: sidecar.DefaultReplayGrace, Usage: "how far back a binding without since replays", EnvVars: envVars("REPLAY_GRACE")},
+			&cli.DurationFlag{Name: "retention", Value: bus.DefaultRetention, Usage: "how long the THREADS stream keeps frames and events", EnvVars: envVars("RETENTION")},
+			&cli.Int64Flag{Name: "max-frame-bytes", Value: sidecar.DefaultMaxFrameBytes, Usage: "largest client frame; larger ones close with 1009", EnvVars: envVars("MAX_FRAME_BYTES")},
+			&cli.IntFlag{Name: "send-queue-bytes", Value: sidecar.DefaultSendQueueBytes, Usage: "per-connection send queue; overflow closes with 1008", EnvVars: envVars("SEND_QUEUE_BYTES")},
+			&cli.DurationFlag{Name: "write-timeout", Value: sidecar.DefaultWriteTimeout, Usage: "longest write of one frame to a client", EnvVars: envVars("WRITE_TIMEOUT")},
+			&cli.StringFlag{Name: "sidecar-id", Usage: "this sidecar's id in headers and logs (default: random)", EnvVars: envVars("SIDECAR_ID")},
+			&cli.StringSliceFlag{Name: "allowed-origin", Usage: "browser origin host pattern allowed besides the sidecar's own host (repeatable)", EnvVars: envVars("ALLOWED_ORIGIN")},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
+		},
+		Action: func(c *cli.Context) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			return serve(c.Context, log, serveConfig{
+				listen:     c.String("listen"),
+				natsURL:    c.String("nats-url"),
+				natsListen: c.String("nats-listen"),
+				dataDir:    c.String("data-dir"),
+				natsConfig: c.String("nats-config"),
+				retention:  c.Duration("retention"),
+				sidecar: sidecar.Config{
+					SidecarID:      c.String("sidecar-id"),
+					ReplayGrace:    c.Duration("replay-grace"),
+					MaxFrameBytes:  c.Int64("max-frame-bytes"),
+					SendQueueBytes: c.Int("send-queue-bytes"),
+					WriteTimeout:   c.Duration("write-timeout"),
+					OriginPatterns: c.StringSlice("allowed-origin"),
+					Logger:         log,
+				},
+			})
+		},
+	}
+}
+
+type serveConfig struct {
+	listen, natsURL, natsListen, dataDir, natsConfig string
+	retention                                        time.Duration
+	sidecar                                          sidecar.Config
+}
+
+// serve runs the sidecar until ctx is cancelled, then shuts down in order:
+// stop accepting, close clients with 1012, drain NATS, stop the embedded server.
+func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
+	url := cfg.natsURL
+	if url == "" {
+		ns, err := bus.StartServer(bus.ServerConfig{
+			Listen:     cfg.natsListen,
+			StoreDir:   cfg.dataDir,
+			ConfigFile: cfg.natsConfig,
+			Logger:     log,
+		})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}()
+		url = ns.ClientURL()
+		logEmbedded(log, ns)
+	}
+	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := b.Close(closeCtx); err != nil {
+			log.Warn("closing nats", "err", err)
+		}
+	}()
+	cfg.sidecar.Bus = b
+	sc, err := sidecar.New(cfg.sidecar)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.listen, err)
+	}
+	hs := &http.Server{Handler: sc.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", url, "sidecar", sc.ID(), "epoch", b.Epoch())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-served:
+	}
+	closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(closeCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	if err := sc.Close(closeCtx); err != nil {
+		log.Warn("closing connections", "err", err)
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("http: %w", serveErr)
+	}
+	return nil
+}
+
+func logEmbedded(log *slog.Logger, ns *server.Server) {
+	log.Info("embedded nats-server started", "url", ns.ClientURL(), "store_dir", ns.JetStreamConfig().StoreDir)
+}

@@ -1,0 +1,278 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/threadbus/threadbus/bus"
+	"github.com/threadbus/threadbus/frame"
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// binding is one binding of a connection to a thread. It is the connection's
+// bus.Listener for that thread: while the binding replays history, live
+// events wait in pending; afterwards they are queued directly.
+type binding struct {
+	c   *conn
+	tid string
+
+	// Guarded by c.mu.
+	replaying    bool
+	pending      []bus.Event
+	pendingBytes int
+	last         uint64 // sequence of the last event queued for the client
+}
+
+var _ bus.Listener = (*binding)(nil)
+
+// Deliver implements bus.Listener.
+func (b *binding) Deliver(ev bus.Event) {
+	c := b.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.binding != b {
+		return // switched away: nothing of this thread after thread_bound
+	}
+	if b.replaying {
+		if b.pendingBytes+len(ev.Frame) > c.s.cfg.SendQueueBytes && len(b.pending) > 0 {
+			c.log.Warn("live events outran the replay, closing", "thread", b.tid, "pending", len(b.pending))
+			c.closeWithLocked(websocket.StatusPolicyViolation, reasonSlowConsumer)
+			return
+		}
+		b.pending = append(b.pending, ev)
+		b.pendingBytes += len(ev.Frame)
+		return
+	}
+	b.queueLocked(ev)
+}
+
+// Fail implements bus.Listener.
+func (b *binding) Fail(err error) {
+	c := b.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.binding != b {
+		return
+	}
+	c.log.Error("live feed failed, closing", "thread", b.tid, "last_seq", b.last, "err", err)
+	c.closeWithLocked(websocket.StatusTryAgainLater, reasonFeedFailed)
+}
+
+func (b *binding) queueLocked(ev bus.Event) {
+	if ev.Seq <= b.last {
+		return // replayed already
+	}
+	b.last = ev.Seq
+	b.c.enqueueLocked(ev.Frame)
+}
+
+// bind binds the connection to tid, replays what the binding's start rule
+// selects, and switches the binding to live delivery. via says what asked
+// for it, for the log. Called with bindMu held.
+func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, error) {
+	if err := subjects.ValidateThreadID(tid); err != nil {
+		return frame.Bound{}, err
+	}
+	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.BindTimeout)
+	defer cancel()
+	start, recovered, err := c.replayStart(ctx, since, epoch)
+	if err != nil {
+		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
+	}
+	began := time.Now()
+
+	nb := &binding{c: c, tid: tid, replaying: true}
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return frame.Bound{}, ErrConnClosed
+	}
+	old := c.binding
+	c.binding = nb // from here no event of old reaches the client
+	c.mu.Unlock()
+	prev := ""
+	if old != nil {
+		prev = old.tid
+		c.s.bus.Leave(old.tid, old)
+	}
+	c.bound = true
+
+	if _, err := c.s.bus.Join(ctx, tid, nb); err != nil {
+		c.unbind(nb)
+		c.log.Warn("bind failed", "thread", tid, "previous", prev, "via", via, "err", err)
+		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
+	}
+	replayed, err := c.replay(ctx, nb, start, recovered)
+	if err != nil {
+		c.s.bus.Leave(tid, nb)
+		c.unbind(nb)
+		c.log.Warn("replay failed", "thread", tid, "previous", prev, "via", via, "err", err)
+		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
+	}
+
+	c.mu.Lock()
+	live := c.binding == nb
+	if live {
+		for _, ev := range nb.pending {
+			nb.queueLocked(ev)
+		}
+		nb.pending, nb.pendingBytes, nb.replaying = nil, 0, false
+	}
+	c.mu.Unlock()
+	if !live {
+		c.s.bus.Leave(tid, nb)
+		return frame.Bound{}, ErrConnClosed
+	}
+	c.log.Info("thread bound", "thread", tid, "previous", prev, "via", via,
+		"replay_from", start.String(), "replayed", replayed, "recovered", recovered,
+		"took", time.Since(began).Round(time.Microsecond))
+	return frame.Bound{ThreadID: tid, Replayed: replayed, Recovered: recovered, Epoch: c.s.bus.Epoch()}, nil
+}
+
+// unbind leaves the connection unbound if nb is still its binding.
+func (c *conn) unbind(nb *binding) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.binding == nb {
+		c.binding = nil
+	}
+}
+
+// replayStart applies the contract's replay rule. With since, the events
+// after it, unless since belongs to another incarnation of the stream
+// (epoch mismatch, or beyond the stream's end), when the grace rule applies
+// and recovered is false. recovered is also false when retention already
+// removed events after since.
+func (c *conn) replayStart(ctx context.Context, since *uint64, epoch string) (bus.Start, bool, error) {
+	graceFrom := time.Now()
+	if !c.bound {
+		graceFrom = c.openedAt
+	}
+	byGrace := bus.Start{Time: graceFrom.Add(-c.s.cfg.ReplayGrace)}
+	if since == nil {
+		return byGrace, true, nil
+	}
+	if epoch != "" && epoch != c.s.bus.Epoch() {
+		return byGrace, false, nil
+	}
+	first, last, err := c.s.bus.StreamBounds(ctx)
+	if err != nil {
+		return bus.Start{}, false, err
+	}
+	if *since > last {
+		return byGrace, false, nil
+	}
+	return bus.Start{AfterSeq: *since}, first <= *since+1, nil
+}
+
+// replay queues thread_bound and then the stored events from start, pacing
+// itself on the client's send queue. It returns how many it replayed.
+func (c *conn) replay(ctx context.Context, nb *binding, start bus.Start, recovered bool) (int, error) {
+	total, sent := 0, 0
+	bound := func(n int) {
+		c.send(frame.ThreadBound(frame.Bound{ThreadID: nb.tid, Replayed: n, Recovered: recovered, Epoch: c.s.bus.Epoch()}))
+	}
+	var stop error
+	err := c.s.bus.History(ctx, nb.tid, start, func(ev bus.Event, pending uint64) bool {
+		if sent == 0 {
+			total = 1 + int(pending)
+			bound(total)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.waitSpaceLocked() || c.binding != nb {
+			stop = ErrConnClosed
+			return false
+		}
+		nb.queueLocked(ev)
+		sent++
+		return sent < total
+	})
+	if err == nil {
+		err = stop
+	}
+	if err != nil {
+		return sent, err
+	}
+	if total == 0 {
+		bound(0)
+	}
+	return sent, nil
+}
+
+// bindRequest is the body of a conn.<cid>.bind request.
+type bindRequest struct {
+	ThreadID string          `json:"thread_id"`
+	Since    json.RawMessage `json:"since,omitempty"`
+	Epoch    string          `json:"epoch,omitempty"`
+}
+
+type bindReply struct {
+	OK           bool       `json:"ok,omitempty"`
+	ConnectionID string     `json:"connection_id,omitempty"`
+	ThreadID     string     `json:"thread_id,omitempty"`
+	Replayed     int        `json:"replayed"`
+	Recovered    bool       `json:"recovered"`
+	Epoch        string     `json:"epoch,omitempty"`
+	Error        *bindError `json:"error,omitempty"`
+}
+
+type bindError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// backendBind serves a conn.<cid>.bind request on its own goroutine, so the
+// dispatcher never waits for a replay.
+func (c *conn) backendBind(msg *nats.Msg) {
+	c.mu.Lock()
+	dead := c.dead
+	if !dead {
+		c.wg.Add(1)
+	}
+	c.mu.Unlock()
+	if dead {
+		respond(msg, bindReply{Error: &bindError{Code: frame.CodeBindFailed, Message: ErrConnClosed.Error()}})
+		return
+	}
+	go func() {
+		defer c.wg.Done()
+		respond(msg, c.serveBindRequest(msg.Data))
+	}()
+}
+
+func (c *conn) serveBindRequest(data []byte) bindReply {
+	var req bindRequest
+	if err := json.Unmarshal(data, &req); err != nil {
+		return bindReply{Error: &bindError{Code: frame.CodeInvalidJSON, Message: "bind request: " + err.Error()}}
+	}
+	since, err := frame.ParseSince(req.Since)
+	if err != nil {
+		return bindReply{Error: &bindError{Code: frame.Code(err), Message: err.Error()}}
+	}
+	c.bindMu.Lock()
+	defer c.bindMu.Unlock()
+	b, err := c.bind(req.ThreadID, since, req.Epoch, "backend")
+	if err != nil {
+		c.sendBindError(err)
+		code := frame.Code(err)
+		if code == frame.CodeInternal {
+			code = frame.CodeBindFailed
+		}
+		return bindReply{Error: &bindError{Code: code, Message: err.Error()}}
+	}
+	return bindReply{OK: true, ConnectionID: c.id, ThreadID: b.ThreadID, Replayed: b.Replayed, Recovered: b.Recovered, Epoch: b.Epoch}
+}
+
+func respond(msg *nats.Msg, r bindReply) {
+	if msg.Reply == "" {
+		return
+	}
+	data, _ := json.Marshal(r) // plain struct: always marshals
+	_ = msg.Respond(data)      // the requester may have gone; nothing to tell
+}

@@ -1,0 +1,81 @@
+package sidecar
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/threadbus/threadbus/bus"
+)
+
+// Defaults of Config.
+const (
+	DefaultReplayGrace    = 30 * time.Second
+	DefaultMaxFrameBytes  = 64 << 10
+	DefaultSendQueueBytes = 1 << 20
+	DefaultWriteTimeout   = 30 * time.Second
+	DefaultBindTimeout    = 10 * time.Second
+)
+
+// Config configures a Server. The zero value of each field means its
+// documented default, except Bus, which is required.
+type Config struct {
+	Bus *bus.Bus
+	// SidecarID names this sidecar in the Threadbus-Sidecar header and in
+	// logs. By default, a random id.
+	SidecarID string
+	// ReplayGrace is how far back a binding without since replays: from the
+	// connection's open time for its first binding, from the bind time for
+	// later ones. By default, DefaultReplayGrace (30s).
+	ReplayGrace time.Duration
+	// MaxFrameBytes is the largest client frame accepted; a larger one closes
+	// the connection with status 1009. By default, 64 KiB.
+	MaxFrameBytes int64
+	// SendQueueBytes bounds the frames queued for one connection; overflowing
+	// it closes the connection with status 1008. By default, 1 MiB.
+	SendQueueBytes int
+	// WriteTimeout bounds the write of one frame to a client; a client that
+	// accepts nothing for that long is disconnected. By default, 30s.
+	WriteTimeout time.Duration
+	// BindTimeout bounds the NATS calls of one binding. By default, 10s.
+	BindTimeout time.Duration
+	// OriginPatterns are the browser origins allowed besides the sidecar's
+	// own host (see websocket.AcceptOptions). By default, none.
+	OriginPatterns []string
+	// Logger receives the sidecar's logs. By default, slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Bus == nil {
+		return c, errors.New("sidecar: Config.Bus is required")
+	}
+	if c.SidecarID == "" {
+		c.SidecarID = nuid.Next()
+	}
+	if c.ReplayGrace < 0 {
+		return c, errors.New("sidecar: negative replay grace")
+	}
+	if c.ReplayGrace == 0 {
+		c.ReplayGrace = DefaultReplayGrace
+	}
+	if c.MaxFrameBytes <= 0 {
+		c.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = DefaultSendQueueBytes
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.BindTimeout <= 0 {
+		c.BindTimeout = DefaultBindTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.OriginPatterns = append([]string(nil), c.OriginPatterns...)
+	return c, nil
+}

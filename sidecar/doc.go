@@ -1,0 +1,20 @@
+// Package sidecar is the WebSocket side of threadbus: it accepts client
+// connections on /ws, binds each to a thread, publishes client frames through
+// the bus and delivers each bound thread's events, replayed then live.
+//
+// # Connections
+//
+// Each connection has one goroutine reading frames (the HTTP handler's) and a
+// writer goroutine that runs only while frames are queued. Binding changes
+// and the publishing of client frames are serialised per connection, in the
+// order the frames arrived, so a frame that names a thread is published only
+// after the connection is bound to it. Events reach a connection through its
+// bounded send queue; a connection whose queue overflows is closed with
+// status 1008 ("slow consumer") and can resume with since.
+//
+// # Lifecycle
+//
+// New returns a Server whose Handler serves /ws, /healthz and /readyz.
+// Close closes every connection with status 1012 (service restart) and waits
+// for their goroutines. Server methods are safe for concurrent use.
+package sidecar

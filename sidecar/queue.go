@@ -1,0 +1,153 @@
+package sidecar
+
+import (
+	"context"
+	"sync"
+
+	"github.com/coder/websocket"
+)
+
+// sendQueue is a connection's bounded queue of outgoing frames, guarded by
+// conn.mu. A writer goroutine runs only while frames are queued, so an idle
+// connection costs no goroutine but its reader.
+type sendQueue struct {
+	c       *conn
+	frames  [][]byte
+	bytes   int
+	writing bool       // a writer goroutine is running
+	space   *sync.Cond // signalled when the writer takes frames, or on close
+
+	closeCode   websocket.StatusCode // set once by closeWith; the writer sends it
+	closeReason string
+}
+
+func (q *sendQueue) init(c *conn) {
+	q.c = c
+	q.space = sync.NewCond(&c.mu)
+}
+
+// send queues a frame for the client. It never blocks.
+func (c *conn) send(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.enqueueLocked(b)
+}
+
+// enqueueLocked queues b, or closes the connection as a slow consumer when
+// the queue is full. A single frame larger than the whole queue still goes
+// through an empty queue.
+func (c *conn) enqueueLocked(b []byte) {
+	q := &c.sendQueue
+	if c.dead || q.closeCode != 0 {
+		return
+	}
+	if q.bytes+len(b) > c.s.cfg.SendQueueBytes && q.bytes > 0 {
+		c.log.Warn("send queue overflow, closing", "queued_bytes", q.bytes, "limit", c.s.cfg.SendQueueBytes)
+		c.closeWithLocked(websocket.StatusPolicyViolation, reasonSlowConsumer)
+		return
+	}
+	q.frames = append(q.frames, b)
+	q.bytes += len(b)
+	c.startWriterLocked()
+}
+
+// waitSpaceLocked blocks while the queue is more than half full, so a long
+// replay is paced by the client instead of overflowing the queue. It returns
+// false when the connection is closing.
+func (c *conn) waitSpaceLocked() bool {
+	q := &c.sendQueue
+	for q.bytes > c.s.cfg.SendQueueBytes/2 && !c.dead && q.closeCode == 0 {
+		q.space.Wait()
+	}
+	return !c.dead && q.closeCode == 0
+}
+
+func (c *conn) startWriterLocked() {
+	if c.sendQueue.writing {
+		return
+	}
+	c.sendQueue.writing = true
+	c.wg.Go(c.writeLoop)
+}
+
+// closeWith closes the connection with a status once the frame being written
+// now, if any, is out. Queued frames are dropped.
+func (c *conn) closeWith(code websocket.StatusCode, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeWithLocked(code, reason)
+}
+
+func (c *conn) closeWithLocked(code websocket.StatusCode, reason string) {
+	q := &c.sendQueue
+	if q.closeCode != 0 || c.dead {
+		return
+	}
+	q.closeCode, q.closeReason = code, reason
+	q.drop()
+	q.space.Broadcast()
+	c.startWriterLocked()
+}
+
+func (q *sendQueue) drop() {
+	clear(q.frames)
+	q.frames, q.bytes = nil, 0
+}
+
+// writeLoop writes queued frames until the queue is empty, then exits; it
+// sends the close status when one is set.
+func (c *conn) writeLoop() {
+	q := &c.sendQueue
+	for {
+		c.mu.Lock()
+		batch := q.frames
+		q.frames, q.bytes = nil, 0
+		code, reason := q.closeCode, q.closeReason
+		if len(batch) == 0 && code == 0 {
+			q.writing = false
+			c.mu.Unlock()
+			return
+		}
+		q.space.Broadcast()
+		c.mu.Unlock()
+
+		for i, b := range batch {
+			if i > 0 && c.closing() {
+				break
+			}
+			if err := c.write(b); err != nil {
+				c.log.Debug("write failed", "err", err)
+				c.ws.CloseNow()
+				c.finishWriter()
+				return
+			}
+		}
+		if code != 0 {
+			err := c.ws.Close(code, reason)
+			c.log.Info("closed by sidecar", "status", int(code), "reason", reason, "err", err)
+			c.finishWriter()
+			return
+		}
+	}
+}
+
+func (c *conn) write(b []byte) error {
+	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.WriteTimeout)
+	defer cancel()
+	return c.ws.Write(ctx, websocket.MessageText, b)
+}
+
+func (c *conn) closing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sendQueue.closeCode != 0 || c.dead
+}
+
+// finishWriter marks the connection as unable to write anything more.
+func (c *conn) finishWriter() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dead = true
+	c.sendQueue.drop()
+	c.sendQueue.space.Broadcast()
+}

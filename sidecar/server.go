@@ -1,0 +1,218 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/threadbus/threadbus/bus"
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// Server accepts WebSocket connections and binds them to threads.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	bus *bus.Bus
+
+	ctx    context.Context // cancelled by Close: ends every connection's I/O
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	conns   map[string]*conn
+	handler sync.WaitGroup // connection handlers and their goroutines
+
+	connMsgs  chan *nats.Msg // conn.<cid>.* messages of every local connection
+	stopped   chan struct{}  // closed by Close to end the dispatcher
+	dispatch  sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// connMsgQueue buffers conn.<cid>.* messages for the dispatcher.
+const connMsgQueue = 4096
+
+// New returns a Server. Close it to end its connections and goroutines.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := subjects.ValidateConnID(cfg.SidecarID); err != nil {
+		return nil, fmt.Errorf("sidecar id: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger.With("sidecar", cfg.SidecarID),
+		bus:      cfg.Bus,
+		ctx:      ctx,
+		cancel:   cancel,
+		conns:    make(map[string]*conn),
+		connMsgs: make(chan *nats.Msg, connMsgQueue),
+		stopped:  make(chan struct{}),
+	}
+	s.dispatch.Go(s.dispatchConnMsgs)
+	return s, nil
+}
+
+// ID is the sidecar's id.
+func (s *Server) ID() string { return s.cfg.SidecarID }
+
+// Handler serves /ws, /healthz and /readyz.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", s.serveWS)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	return mux
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if s.isClosed() {
+		http.Error(w, ErrServerClosed.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	if err := s.bus.Ready(ctx); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, ErrServerClosed.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	s.handler.Add(1)
+	s.mu.Unlock()
+	defer s.handler.Done()
+
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		// Browsers offer jwt-auth plus jwt.<token> and fail the handshake
+		// when none is selected. The token itself is never logged.
+		Subprotocols:    []string{"jwt-auth"},
+		OriginPatterns:  s.cfg.OriginPatterns,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.log.Debug("websocket accept failed", "remote", r.RemoteAddr, "err", err)
+		return // Accept has answered the request
+	}
+	ws.SetReadLimit(s.cfg.MaxFrameBytes)
+	c := newConn(s, ws, r)
+	if err := s.register(c); err != nil {
+		ws.Close(websocket.StatusServiceRestart, reasonRestart)
+		return
+	}
+	c.serve(r.URL.Query())
+}
+
+func (s *Server) register(c *conn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrServerClosed
+	}
+	s.conns[c.id] = c
+	return nil
+}
+
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[c.id] == c {
+		delete(s.conns, c.id)
+	}
+}
+
+func (s *Server) lookup(cid string) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[cid]
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// newConnID returns a fresh connection id; nuids are [A-Za-z0-9]{22}.
+func newConnID() string { return nuid.Next() }
+
+// dispatchConnMsgs routes conn.<cid>.out and conn.<cid>.bind messages to
+// their connection. It never blocks on a connection: frames are queued and
+// binds run on the connection's own goroutine.
+func (s *Server) dispatchConnMsgs() {
+	for {
+		var msg *nats.Msg
+		select {
+		case msg = <-s.connMsgs:
+		case <-s.stopped:
+			return
+		}
+		cid, kind, err := subjects.ConnKind(msg.Subject)
+		if err != nil {
+			continue
+		}
+		c := s.lookup(cid)
+		if c == nil || c.sub != msg.Sub {
+			continue
+		}
+		switch kind {
+		case subjects.ConnKindOut:
+			c.send(msg.Data)
+		case subjects.ConnKindBind:
+			c.backendBind(msg)
+		}
+	}
+}
+
+// Close stops accepting connections, closes every connection with status
+// 1012 so clients reconnect and resume, and waits until their goroutines
+// have ended or ctx is done, when it cuts the remaining ones. The bus is
+// the caller's to close afterwards. Close is idempotent.
+func (s *Server) Close(ctx context.Context) error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		conns := make([]*conn, 0, len(s.conns))
+		for _, c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.closeWith(websocket.StatusServiceRestart, reasonRestart)
+		}
+		done := make(chan struct{})
+		go func() { s.handler.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			err = fmt.Errorf("close connections: %w", ctx.Err())
+			s.cancel() // cuts every connection's I/O
+			<-done
+		}
+		s.cancel()
+		// Not close(s.connMsgs): NATS may still hold a message for it.
+		close(s.stopped)
+		s.dispatch.Wait()
+	})
+	return err
+}

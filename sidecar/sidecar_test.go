@@ -1,0 +1,179 @@
+package sidecar_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/threadbus/threadbus/bus"
+	"github.com/threadbus/threadbus/sidecar"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+type env struct {
+	t   *testing.T
+	bus *bus.Bus
+	url string
+}
+
+func newEnv(t *testing.T, cfg sidecar.Config) *env {
+	t.Helper()
+	ns, err := bus.StartServer(bus.ServerConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := bus.Open(ctx, bus.Config{URL: ns.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	cfg.Bus = b
+	s, err := sidecar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return &env{t: t, bus: b, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"}
+}
+
+type client struct {
+	t  *testing.T
+	ws *websocket.Conn
+}
+
+func (e *env) dial(query string) *client {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, e.url+query, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { ws.CloseNow() })
+	c := &client{t: e.t, ws: ws}
+	if f := c.read(); f["type"] != "connection_established" {
+		e.t.Fatalf("first frame %v", f)
+	}
+	return c
+}
+
+func (c *client) read() map[string]any {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, data, err := c.ws.Read(ctx)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		c.t.Fatalf("frame %s: %v", data, err)
+	}
+	return m
+}
+
+func (c *client) write(s string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (e *env) publish(tid string, n int) []uint64 {
+	e.t.Helper()
+	var seqs []uint64
+	for i := range n {
+		seq, err := e.bus.PublishEvent(context.Background(), tid, fmt.Appendf(nil, `{"type":"agent_thinking","i":%d}`, i))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		seqs = append(seqs, seq)
+	}
+	return seqs
+}
+
+func (c *client) expectBound(tid string, replayed int) {
+	c.t.Helper()
+	f := c.read()
+	p, _ := f["payload"].(map[string]any)
+	if f["type"] != "thread_bound" || f["thread_id"] != tid || p["replayed"] != float64(replayed) {
+		c.t.Fatalf("got %v, want thread_bound %s replayed %d", f, tid, replayed)
+	}
+}
+
+func (c *client) expectEvents(tid string, seqs []uint64) {
+	c.t.Helper()
+	for _, want := range seqs {
+		f := c.read()
+		if f["thread_id"] != tid || f["seq"] != float64(want) {
+			c.t.Fatalf("got %v, want event %s seq %d", f, tid, want)
+		}
+	}
+}
+
+func TestBindByFrameReplaysThenLive(t *testing.T) {
+	e := newEnv(t, sidecar.Config{})
+	before := e.publish("t1", 5)
+	c := e.dial("")
+	c.write(`{"type":"user_message","payload":{"content":"hi","thread_id":"t1"}}`)
+	c.expectBound("t1", 5)
+	c.expectEvents("t1", before)
+	c.expectEvents("t1", e.publish("t1", 3))
+}
+
+func TestSwitchStopsPreviousThread(t *testing.T) {
+	e := newEnv(t, sidecar.Config{})
+	c := e.dial("?thread_id=a")
+	c.expectBound("a", 0)
+	c.expectEvents("a", e.publish("a", 2))
+	c.write(`{"type":"switch_thread","payload":{"thread_id":"b"}}`)
+	c.expectBound("b", 0)
+	e.publish("a", 2)
+	c.expectEvents("b", e.publish("b", 2))
+}
+
+func TestSinceResumes(t *testing.T) {
+	e := newEnv(t, sidecar.Config{})
+	seqs := e.publish("r", 6)
+	c := e.dial(fmt.Sprintf("?thread_id=r&since=%d", seqs[2]))
+	c.expectBound("r", 3)
+	c.expectEvents("r", seqs[3:])
+}
+
+func TestBadInputKeepsConnection(t *testing.T) {
+	e := newEnv(t, sidecar.Config{})
+	c := e.dial("")
+	for in, code := range map[string]string{
+		`nope`: "invalid_json",
+		`[1]`:  "invalid_frame",
+		`{"type":"m","payload":{"thread_id":"a.b"}}`: "invalid_thread_id",
+	} {
+		c.write(in)
+		f := c.read()
+		p, _ := f["payload"].(map[string]any)
+		if f["type"] != "error" || p["code"] != code {
+			t.Fatalf("%s: got %v, want error %s", in, f, code)
+		}
+	}
+	c.write(`{"type":"ping","timestamp":5}`)
+	if f := c.read(); f["type"] != "pong" || f["timestamp"] != float64(5) {
+		t.Fatalf("got %v, want pong", f)
+	}
+}
