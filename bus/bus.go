@@ -68,6 +68,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		cfg.Logger = slog.Default()
 	}
 	b := &Bus{cfg: cfg, log: cfg.Logger, closed: make(chan struct{})}
+	b.hub = newHub(b, cfg.Shards) // before connecting: the handlers below use it
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		// The sidecar never consumes what it publishes itself.
@@ -75,10 +76,13 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		nats.MaxReconnects(-1),
 		nats.ClosedHandler(func(*nats.Conn) { close(b.closed) }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			b.log.Warn("nats disconnected", "err", err)
+			if err != nil { // nil: closed on purpose
+				b.log.Warn("nats disconnected", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			b.hub.resyncAll()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subj := ""
@@ -86,23 +90,28 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 				subj = sub.Subject
 			}
 			b.log.Warn("nats async error", "subject", subj, "err", err)
+			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+				b.hub.slowConsumer(sub)
+			}
 		}),
 	}
 	nc, err := nats.Connect(cfg.URL, append(opts, cfg.Options...)...)
 	if err != nil {
+		b.hub.stop()
 		return nil, fmt.Errorf("connect to nats %s: %w", cfg.URL, err)
 	}
 	b.nc = nc
 	if b.js, err = jetstream.New(nc); err != nil {
 		nc.Close()
+		b.hub.stop()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	if b.stream, err = ensureStream(ctx, b.js, StreamConfig(cfg.Retention, cfg.Replicas)); err != nil {
 		nc.Close()
+		b.hub.stop()
 		return nil, err
 	}
 	b.epoch = epochOf(b.stream.CachedInfo())
-	b.hub = newHub(b, cfg.Shards)
 	return b, nil
 }
 

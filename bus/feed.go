@@ -38,12 +38,13 @@ const (
 // local listener, dispatched by a fixed set of goroutines (shards), so that
 // the number of goroutines does not grow with threads or connections.
 type hub struct {
-	b      *Bus
-	mu     sync.Mutex
-	feeds  map[string]*feed
-	shards []chan *nats.Msg
-	done   chan struct{} // closed by stop
-	wg     sync.WaitGroup
+	b       *Bus
+	mu      sync.Mutex
+	feeds   map[string]*feed
+	shards  []chan *nats.Msg
+	stopped bool          // guarded by mu: no new goroutine may start
+	done    chan struct{} // closed by stop
+	wg      sync.WaitGroup
 
 	gapsRepaired atomic.Uint64
 }
@@ -59,9 +60,9 @@ type feed struct {
 	// repair on purpose: no live message may be judged before the position
 	// it is judged against is known.
 	mu        sync.Mutex
-	ready     bool   // last is known
-	closed    bool   // stopped: unsubscribed, to be replaced by a new feed
-	last      uint64 // sequence of the last event delivered (or the position at start)
+	ready     bool        // last is known
+	closed    atomic.Bool // stopped: unsubscribed, to be replaced by a new feed; set with mu held
+	last      uint64      // sequence of the last event delivered (or the position at start)
 	listeners map[Listener]struct{}
 }
 
@@ -87,6 +88,9 @@ func newHub(b *Bus, shards int) *hub {
 // stop ends the dispatchers. The shard channels stay open: the NATS client
 // may still hold a message for one of them.
 func (h *hub) stop() {
+	h.mu.Lock()
+	h.stopped = true
+	h.mu.Unlock()
 	close(h.done)
 	h.wg.Wait()
 }
@@ -96,13 +100,16 @@ func (h *hub) stop() {
 // with a sequence above it; every event up to it is stored and can be read
 // with History.
 func (b *Bus) Join(ctx context.Context, tid string, l Listener) (uint64, error) {
+	if b.nc.IsClosed() || b.nc.IsDraining() {
+		return 0, ErrClosed
+	}
 	for {
 		f, err := b.hub.feed(tid)
 		if err != nil {
 			return 0, err
 		}
 		f.mu.Lock()
-		if f.closed {
+		if f.closed.Load() {
 			f.mu.Unlock()
 			continue
 		}
@@ -142,7 +149,7 @@ func (b *Bus) GapsRepaired() uint64 { return b.hub.gapsRepaired.Load() }
 func (h *hub) feed(tid string) (*feed, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if f := h.feeds[tid]; f != nil && !f.isClosed() {
+	if f := h.feeds[tid]; f != nil && !f.closed.Load() {
 		return f, nil
 	}
 	live, err := subjects.Live(tid)
@@ -158,29 +165,30 @@ func (h *hub) feed(tid string) (*feed, error) {
 	return f, nil
 }
 
-func (f *feed) isClosed() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.closed
-}
-
 // release stops f if it has no listener left.
 func (h *hub) release(f *feed) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed || len(f.listeners) > 0 {
+	if f.closed.Load() || len(f.listeners) > 0 {
+		f.mu.Unlock()
 		return
 	}
 	f.closeLocked()
+	f.mu.Unlock()
+	h.forget(f)
+}
+
+// forget removes a closed feed from the hub. No lock is held while taking
+// another: h.mu is never held across I/O, so a slow feed stalls only itself.
+func (h *hub) forget(f *feed) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.feeds[f.tid] == f {
 		delete(h.feeds, f.tid)
 	}
 }
 
 func (f *feed) closeLocked() {
-	f.closed = true
+	f.closed.Store(true)
 	_ = f.sub.Unsubscribe() // fails only on a closed connection, which has no subscription left
 }
 
@@ -227,8 +235,15 @@ func (h *hub) dispatch(msg *nats.Msg) {
 		return
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
+	h.dispatchLocked(f, msg, seq, prev, ts)
+	f.mu.Unlock()
+	if f.closed.Load() {
+		h.forget(f)
+	}
+}
+
+func (h *hub) dispatchLocked(f *feed, msg *nats.Msg, seq, prev uint64, ts time.Time) {
+	if f.closed.Load() {
 		return
 	}
 	if !f.ready {
@@ -246,7 +261,75 @@ func (h *hub) dispatch(msg *nats.Msg) {
 			return
 		}
 	}
-	f.deliverLocked(Event{Thread: tid, Seq: seq, Time: ts, Frame: frame.Event(msg.Data, tid, seq)})
+	f.deliverLocked(Event{Thread: f.tid, Seq: seq, Time: ts, Frame: frame.Event(msg.Data, f.tid, seq)})
+}
+
+// resyncDelay lets a burst of drops end before the stream is read.
+const resyncDelay = 100 * time.Millisecond
+
+// slowConsumer is told that the NATS client dropped messages of sub. A lost
+// message is normally revealed by the next one (its Nats-Last-Sequence), but
+// the last messages of a burst have no next one: read the stream instead.
+func (h *hub) slowConsumer(sub *nats.Subscription) {
+	tid, err := subjects.ThreadOf(sub.Subject)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	f := h.feeds[tid]
+	h.mu.Unlock()
+	if f != nil && f.sub == sub {
+		time.AfterFunc(resyncDelay, func() { h.resync(f) })
+	}
+}
+
+// resyncAll resyncs every feed, after a reconnect: messages published while
+// the connection was down were not delivered to it.
+func (h *hub) resyncAll() {
+	h.mu.Lock()
+	feeds := make([]*feed, 0, len(h.feeds))
+	for _, f := range h.feeds {
+		feeds = append(feeds, f)
+	}
+	h.mu.Unlock()
+	for _, f := range feeds {
+		h.resync(f)
+	}
+}
+
+// resync delivers, on a goroutine of its own, the events of f's thread
+// stored after the last one it delivered.
+func (h *hub) resync(f *feed) {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		return
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	go func() {
+		defer h.wg.Done()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.closed.Load() || !f.ready {
+			return
+		}
+		from := f.last
+		ctx, cancel := context.WithTimeout(context.Background(), feedIOTimeout)
+		defer cancel()
+		err := h.b.History(ctx, f.tid, Start{AfterSeq: from}, func(ev Event, _ uint64) bool {
+			f.deliverLocked(ev)
+			return true
+		})
+		if err != nil {
+			h.b.log.Warn("live resync failed", "thread", f.tid, "after_seq", from, "err", err)
+			return
+		}
+		if f.last > from {
+			h.gapsRepaired.Add(1)
+			h.b.log.Info("live gap repaired", "thread", f.tid, "after_seq", from, "through_seq", f.last)
+		}
+	}()
 }
 
 // repairLocked delivers the events between f.last and before, which the live
@@ -293,14 +376,26 @@ func (h *hub) failLocked(f *feed, err error) {
 }
 
 func liveHeaders(msg *nats.Msg) (seq, prev uint64, ts time.Time, err error) {
-	seq, err = strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+	seq, err = strconv.ParseUint(streamHeader(msg.Header, jetstream.SequenceHeader), 10, 64)
 	if err != nil {
 		return 0, 0, ts, fmt.Errorf("%w: %s: %v", ErrBadLiveMessage, jetstream.SequenceHeader, err)
 	}
-	prev, err = strconv.ParseUint(msg.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	prev, err = strconv.ParseUint(streamHeader(msg.Header, jetstream.LastSequenceHeader), 10, 64)
 	if err != nil {
 		return 0, 0, ts, fmt.Errorf("%w: %s: %v", ErrBadLiveMessage, jetstream.LastSequenceHeader, err)
 	}
-	ts, _ = time.Parse(time.RFC3339Nano, msg.Header.Get(jetstream.TimeStampHeaer))
+	ts, _ = time.Parse(time.RFC3339Nano, streamHeader(msg.Header, jetstream.TimeStampHeaer))
 	return seq, prev, ts, nil
+}
+
+// streamHeader returns the value the stream set for key. The server appends
+// its headers (republish, direct get) after those of the published message,
+// which may carry the same names: an agent forwarding a message it read from
+// a stream, for one. The stream's value is therefore the last one.
+func streamHeader(h nats.Header, key string) string {
+	v := h.Values(key)
+	if len(v) == 0 {
+		return ""
+	}
+	return v[len(v)-1]
 }

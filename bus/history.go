@@ -69,13 +69,24 @@ func (b *Bus) History(ctx context.Context, tid string, start Start, fn func(ev E
 				return fmt.Errorf("read history of %s: %w", subj, err)
 			}
 			n++
-			last = m.Sequence
+			seq, ts := streamSeqTime(m)
+			last = seq
 			pending = numPending(m)
-			if !fn(Event{Thread: tid, Seq: m.Sequence, Time: m.Time, Frame: frame.Event(m.Data, tid, m.Sequence)}, pending) {
+			if !fn(Event{Thread: tid, Seq: seq, Time: ts, Frame: frame.Event(m.Data, tid, seq)}, pending) {
 				return nil
 			}
 		}
-		if n == 0 || pending == 0 {
+		if n == 0 {
+			// The stream answers a read with nothing to return with
+			// ErrNoMessages (above). GetBatch ends without an error when
+			// no reply came in time (natsext.RequestMany swallows timeouts),
+			// which must not pass for a thread without events.
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("read history of %s: %w", subj, err)
+			}
+			return fmt.Errorf("read history of %s: no reply from stream %s", subj, subjects.Stream)
+		}
+		if pending == 0 {
 			return nil
 		}
 		from = jetstreamext.GetBatchSeq(last + 1)
@@ -83,6 +94,20 @@ func (b *Bus) History(ctx context.Context, tid string, start Start, fn func(ev E
 }
 
 func numPending(m *jetstream.RawStreamMsg) uint64 {
-	n, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+	n, _ := strconv.ParseUint(streamHeader(m.Header, "Nats-Num-Pending"), 10, 64)
 	return n
+}
+
+// streamSeqTime returns the sequence and time the stream gave m. GetBatch
+// reads the first value of each header, which is the publisher's own if it
+// set one of the same name (see streamHeader).
+func streamSeqTime(m *jetstream.RawStreamMsg) (uint64, time.Time) {
+	seq, ts := m.Sequence, m.Time
+	if s, err := strconv.ParseUint(streamHeader(m.Header, jetstream.SequenceHeader), 10, 64); err == nil {
+		seq = s
+	}
+	if t, err := time.Parse(time.RFC3339Nano, streamHeader(m.Header, jetstream.TimeStampHeaer)); err == nil {
+		ts = t
+	}
+	return seq, ts
 }
