@@ -27,6 +27,10 @@ type Config struct {
 	Retention time.Duration
 	// Replicas of the THREADS stream when it is created. By default, 1.
 	Replicas int
+	// RegistryTTL is how long a binding stays in the registry after its
+	// sidecar last refreshed it, which bounds how long the bindings of a
+	// sidecar that died remain visible. By default, DefaultRegistryTTL (60s).
+	RegistryTTL time.Duration
 	// Shards is the number of goroutines that dispatch live events; a thread
 	// always goes to the same one. By default, 4 per GOMAXPROCS.
 	Shards int
@@ -46,6 +50,7 @@ type Bus struct {
 	stream jetstream.Stream
 	epoch  string
 	hub    *hub
+	reg    *registry
 
 	closed   chan struct{} // closed by the NATS closed handler
 	stopOnce sync.Once
@@ -112,6 +117,11 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, err
 	}
 	b.epoch = epochOf(b.stream.CachedInfo())
+	if b.reg, err = openRegistry(ctx, b, cfg.RegistryTTL, cfg.Replicas); err != nil {
+		nc.Close()
+		b.hub.stop()
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -146,6 +156,7 @@ func (b *Bus) StreamBounds(ctx context.Context) (first, last uint64, err error) 
 // ends every subscription, then stops the dispatchers. It is idempotent.
 func (b *Bus) Close(ctx context.Context) error {
 	b.stopOnce.Do(func() {
+		b.reg.close()
 		if err := b.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			b.nc.Close()
 		}

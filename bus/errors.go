@@ -11,3 +11,7 @@ var (
 	// ErrBadLiveMessage is logged when a live message lacks the republish headers.
 	ErrBadLiveMessage = errors.New("live message without republish headers")
 )
+
+// ErrNoRegistry is returned by the registry readers when the bindings bucket
+// does not exist: no sidecar ever ran against this NATS account.
+var ErrNoRegistry = errors.New("no bindings registry")

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -104,13 +105,26 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 
 	if _, err := c.s.bus.Join(ctx, tid, nb); err != nil {
 		c.unbind(nb)
+		if old != nil {
+			c.s.bus.DeleteBinding(old.tid, c.id)
+		}
 		c.log.Warn("bind failed", "thread", tid, "previous", prev, "via", via, "err", err)
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
+	}
+	// Registry: the new entry first, then the old one's removal, so that a
+	// watcher sees a switch rather than an unbind and a bind.
+	c.s.bus.PutBinding(bus.Binding{
+		ConnectionID: c.id, ThreadID: tid, SidecarID: c.s.cfg.SidecarID,
+		RemoteAddr: c.remote, BoundAt: began.UTC(), ReplayFrom: start.String(),
+	})
+	if old != nil && old.tid != tid {
+		c.s.bus.DeleteBinding(old.tid, c.id)
 	}
 	replayed, err := c.replay(ctx, nb, start, recovered)
 	if err != nil {
 		c.s.bus.Leave(tid, nb)
 		c.unbind(nb)
+		c.s.bus.DeleteBinding(tid, c.id)
 		c.log.Warn("replay failed", "thread", tid, "previous", prev, "via", via, "err", err)
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
 	}
@@ -125,7 +139,7 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	}
 	c.mu.Unlock()
 	if !live {
-		c.s.bus.Leave(tid, nb)
+		c.s.bus.Leave(tid, nb) // end() has deleted the registry entry
 		return frame.Bound{}, ErrConnClosed
 	}
 	c.log.Info("thread bound", "thread", tid, "previous", prev, "via", via,
@@ -259,8 +273,12 @@ func (c *conn) serveBindRequest(data []byte) bindReply {
 	defer c.bindMu.Unlock()
 	b, err := c.bind(req.ThreadID, since, req.Epoch, "backend")
 	if err != nil {
-		c.sendBindError(err)
+		// The backend's mistakes are answered to the backend; the client
+		// hears of a failure only when it left the connection unbound.
 		code := frame.Code(err)
+		if code == frame.CodeInternal && !errors.Is(err, ErrConnClosed) {
+			c.sendError(frame.CodeBindFailed, err.Error())
+		}
 		if code == frame.CodeInternal {
 			code = frame.CodeBindFailed
 		}

@@ -31,6 +31,7 @@ type conn struct {
 	ws       *websocket.Conn
 	log      *slog.Logger
 	openedAt time.Time
+	remote   string
 	hdr      nats.Header
 	sub      *nats.Subscription // conn.<cid>.*
 
@@ -56,6 +57,7 @@ func newConn(s *Server, ws *websocket.Conn, r *http.Request) *conn {
 		id:       id,
 		ws:       ws,
 		openedAt: time.Now(),
+		remote:   r.RemoteAddr,
 		log:      s.log.With("conn", id, "remote", r.RemoteAddr),
 		hdr:      nats.Header{HeaderConn: {id}, HeaderSidecar: {s.cfg.SidecarID}},
 	}
@@ -196,6 +198,7 @@ func (c *conn) end() {
 	c.mu.Unlock()
 	if b != nil {
 		c.s.bus.Leave(b.tid, b)
+		c.s.bus.DeleteBinding(b.tid, c.id)
 	}
 	c.ws.CloseNow() // ends a writer blocked on a client that reads nothing
 	c.wg.Wait()

@@ -1,0 +1,180 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultRegistryTTL is how long a registry entry outlives the last refresh
+// by its sidecar. Entries are refreshed every third of it.
+const DefaultRegistryTTL = 60 * time.Second
+
+// registryFlushTimeout bounds waiting for the acks of one batch of writes.
+const registryFlushTimeout = 5 * time.Second
+
+// registry writes this sidecar's bindings to the KV bucket. Writes are
+// queued and done by one goroutine, in order, off the binding path: a bind
+// costs a map update, not a round trip.
+type registry struct {
+	b      *Bus
+	prefix string // subject prefix of the bucket's keys
+	ttl    time.Duration
+
+	mu   sync.Mutex
+	own  map[string][]byte // key -> value of every binding this sidecar holds
+	ops  []regOp           // writes not done yet, in order
+	wake chan struct{}     // cap 1: there are ops
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+type regOp struct {
+	key   string
+	value []byte // nil: delete
+}
+
+func openRegistry(ctx context.Context, b *Bus, ttl time.Duration, replicas int) (*registry, error) {
+	if ttl <= 0 {
+		ttl = DefaultRegistryTTL
+	}
+	if ttl < time.Second {
+		return nil, fmt.Errorf("registry ttl %v: the server's minimum is 1s", ttl)
+	}
+	if replicas <= 0 {
+		replicas = 1
+	}
+	_, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         BindingsBucket,
+		Description:    "threadbus: connections bound to threads, <thread>.<connection>",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       replicas,
+		LimitMarkerTTL: ttl, // expiry markers, so watchers see entries expire
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bindings registry bucket %s: %w", BindingsBucket, err)
+	}
+	r := &registry{
+		b:      b,
+		prefix: "$KV." + BindingsBucket + ".",
+		ttl:    ttl,
+		own:    make(map[string][]byte),
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	r.wg.Go(r.run)
+	return r, nil
+}
+
+// PutBinding records that a connection is bound to a thread. When it moves
+// to another thread, call PutBinding for the new one, then DeleteBinding for
+// the old. It never blocks on NATS.
+func (b *Bus) PutBinding(bd Binding) {
+	value, _ := json.Marshal(bd) // plain struct: always marshals
+	b.reg.queue(bindingKey(bd.ThreadID, bd.ConnectionID), value)
+}
+
+// DeleteBinding removes the registry entry of a connection's binding to a
+// thread. It never blocks on NATS.
+func (b *Bus) DeleteBinding(tid, cid string) {
+	b.reg.queue(bindingKey(tid, cid), nil)
+}
+
+func (r *registry) queue(key string, value []byte) {
+	r.mu.Lock()
+	if value == nil {
+		delete(r.own, key)
+	} else {
+		r.own[key] = value
+	}
+	r.ops = append(r.ops, regOp{key: key, value: value})
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *registry) run() {
+	refresh := time.NewTicker(r.ttl / 3)
+	defer refresh.Stop()
+	for {
+		select {
+		case <-r.wake:
+			r.write(r.takeOps())
+		case <-refresh.C:
+			r.write(r.refreshOps())
+		case <-r.done:
+			r.write(r.takeOps()) // the deletes of connections closed on shutdown
+			return
+		}
+	}
+}
+
+func (r *registry) takeOps() []regOp {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ops := r.ops
+	r.ops = nil
+	return ops
+}
+
+func (r *registry) refreshOps() []regOp {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ops := make([]regOp, 0, len(r.own))
+	for k, v := range r.own {
+		ops = append(ops, regOp{key: k, value: v})
+	}
+	return ops
+}
+
+// write publishes ops asynchronously, in order, then waits for their acks.
+// A write that fails is logged; a lost put is redone by the next refresh and
+// a lost delete expires with its TTL.
+func (r *registry) write(ops []regOp) {
+	if len(ops) == 0 {
+		return
+	}
+	acks := make([]jetstream.PubAckFuture, 0, len(ops))
+	for _, op := range ops {
+		m := nats.NewMsg(r.prefix + op.key)
+		m.Data = op.value
+		if op.value == nil {
+			// A tombstone with a TTL, so the bucket does not keep one per
+			// connection ever seen.
+			m.Header.Set("KV-Operation", "DEL")
+		}
+		f, err := r.b.js.PublishMsgAsync(m, jetstream.WithMsgTTL(r.ttl))
+		if err != nil {
+			r.b.log.Warn("registry write failed", "key", op.key, "err", err)
+			continue
+		}
+		acks = append(acks, f)
+	}
+	timeout := time.NewTimer(registryFlushTimeout)
+	defer timeout.Stop()
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			r.b.log.Warn("registry write failed", "subject", f.Msg().Subject, "err", err)
+		case <-timeout.C:
+			r.b.log.Warn("registry writes not acknowledged in time", "pending", len(acks))
+			return
+		}
+	}
+}
+
+// close writes what is queued and stops the writer.
+func (r *registry) close() {
+	close(r.done)
+	r.wg.Wait()
+}
