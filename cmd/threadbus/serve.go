@@ -37,6 +37,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-config", Usage: "nats-server config file for the embedded server", EnvVars: envVars("NATS_CONFIG")},
 			&cli.DurationFlag{Name: "replay-grace", Value: sidecar.DefaultReplayGrace, Usage: "how far back a binding without since replays", EnvVars: envVars("REPLAY_GRACE")},
 			&cli.DurationFlag{Name: "retention", Value: bus.DefaultRetention, Usage: "how long the THREADS stream keeps frames and events", EnvVars: envVars("RETENTION")},
+			&cli.DurationFlag{Name: "registry-ttl", Value: bus.DefaultRegistryTTL, Usage: "how long a binding outlives its sidecar in the registry", EnvVars: envVars("REGISTRY_TTL")},
 			&cli.Int64Flag{Name: "max-frame-bytes", Value: sidecar.DefaultMaxFrameBytes, Usage: "largest client frame; larger ones close with 1009", EnvVars: envVars("MAX_FRAME_BYTES")},
 			&cli.IntFlag{Name: "send-queue-bytes", Value: sidecar.DefaultSendQueueBytes, Usage: "per-connection send queue; overflow closes with 1008", EnvVars: envVars("SEND_QUEUE_BYTES")},
 			&cli.DurationFlag{Name: "write-timeout", Value: sidecar.DefaultWriteTimeout, Usage: "longest write of one frame to a client", EnvVars: envVars("WRITE_TIMEOUT")},
@@ -51,12 +52,13 @@ func serveCommand() *cli.Command {
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			return serve(c.Context, log, serveConfig{
-				listen:     c.String("listen"),
-				natsURL:    c.String("nats-url"),
-				natsListen: c.String("nats-listen"),
-				dataDir:    c.String("data-dir"),
-				natsConfig: c.String("nats-config"),
-				retention:  c.Duration("retention"),
+				listen:      c.String("listen"),
+				natsURL:     c.String("nats-url"),
+				natsListen:  c.String("nats-listen"),
+				dataDir:     c.String("data-dir"),
+				natsConfig:  c.String("nats-config"),
+				retention:   c.Duration("retention"),
+				registryTTL: c.Duration("registry-ttl"),
 				sidecar: sidecar.Config{
 					SidecarID:      c.String("sidecar-id"),
 					ReplayGrace:    c.Duration("replay-grace"),
@@ -73,7 +75,7 @@ func serveCommand() *cli.Command {
 
 type serveConfig struct {
 	listen, natsURL, natsListen, dataDir, natsConfig string
-	retention                                        time.Duration
+	retention, registryTTL                           time.Duration
 	sidecar                                          sidecar.Config
 }
 
@@ -98,7 +100,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 		url = ns.ClientURL()
 		logEmbedded(log, ns)
 	}
-	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, Logger: log})
+	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, RegistryTTL: cfg.registryTTL, Logger: log})
 	if err != nil {
 		return err
 	}
