@@ -12,6 +12,7 @@ import (
 
 	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/frame"
+	"github.com/threadbus/threadbus/metrics"
 	"github.com/threadbus/threadbus/subjects"
 )
 
@@ -42,6 +43,8 @@ func (b *binding) Deliver(ev bus.Event) {
 	if b.replaying {
 		if b.pendingBytes+len(ev.Frame) > c.s.cfg.SendQueueBytes && len(b.pending) > 0 {
 			c.log.Warn("live events outran the replay, closing", "thread", b.tid, "pending", len(b.pending))
+			c.s.metrics.EventsDropped.WithLabelValues(metrics.ReasonSlowConsumer).Add(float64(len(b.pending) + 1))
+			b.pending, b.pendingBytes = nil, 0
 			c.closeWithLocked(websocket.StatusPolicyViolation, reasonSlowConsumer)
 			return
 		}
@@ -49,7 +52,7 @@ func (b *binding) Deliver(ev bus.Event) {
 		b.pendingBytes += len(ev.Frame)
 		return
 	}
-	b.queueLocked(ev)
+	b.queueLocked(ev, liveEvent)
 }
 
 // Fail implements bus.Listener.
@@ -64,12 +67,12 @@ func (b *binding) Fail(err error) {
 	c.closeWithLocked(websocket.StatusTryAgainLater, reasonFeedFailed)
 }
 
-func (b *binding) queueLocked(ev bus.Event) {
+func (b *binding) queueLocked(ev bus.Event, path eventPath) {
 	if ev.Seq <= b.last {
 		return // replayed already
 	}
 	b.last = ev.Seq
-	b.c.enqueueLocked(ev.Frame)
+	b.c.enqueueLocked(outFrame{data: ev.Frame, path: path, at: ev.Time})
 }
 
 // bind binds the connection to tid, replays what the binding's start rule
@@ -108,6 +111,7 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 		if old != nil {
 			c.s.bus.DeleteBinding(old.tid, c.id)
 		}
+		c.s.metrics.BindErrors.Inc()
 		c.log.Warn("bind failed", "thread", tid, "previous", prev, "via", via, "err", err)
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
 	}
@@ -125,6 +129,9 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 		c.s.bus.Leave(tid, nb)
 		c.unbind(nb)
 		c.s.bus.DeleteBinding(tid, c.id)
+		if !errors.Is(err, ErrConnClosed) {
+			c.s.metrics.BindErrors.Inc()
+		}
 		c.log.Warn("replay failed", "thread", tid, "previous", prev, "via", via, "err", err)
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
 	}
@@ -133,7 +140,7 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	live := c.binding == nb
 	if live {
 		for _, ev := range nb.pending {
-			nb.queueLocked(ev)
+			nb.queueLocked(ev, liveEvent)
 		}
 		nb.pending, nb.pendingBytes, nb.replaying = nil, 0, false
 	}
@@ -142,9 +149,15 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 		c.s.bus.Leave(tid, nb) // end() has deleted the registry entry
 		return frame.Bound{}, ErrConnClosed
 	}
+	took := time.Since(began)
+	c.s.metrics.Binds.Inc()
+	if prev != "" && prev != tid {
+		c.s.metrics.Switches.Inc()
+	}
+	c.s.metrics.BindDuration.Observe(took.Seconds())
 	c.log.Info("thread bound", "thread", tid, "previous", prev, "via", via,
 		"replay_from", start.String(), "replayed", replayed, "recovered", recovered,
-		"took", time.Since(began).Round(time.Microsecond))
+		"took", took.Round(time.Microsecond))
 	return frame.Bound{ThreadID: tid, Replayed: replayed, Recovered: recovered, Epoch: c.s.bus.Epoch()}, nil
 }
 
@@ -203,7 +216,7 @@ func (c *conn) replay(ctx context.Context, nb *binding, start bus.Start, recover
 			stop = ErrConnClosed
 			return false
 		}
-		nb.queueLocked(ev)
+		nb.queueLocked(ev, replayEvent)
 		sent++
 		return sent < total
 	})

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/threadbus/threadbus/bus"
 )
@@ -46,6 +47,9 @@ type Config struct {
 	OriginPatterns []string
 	// Logger receives the sidecar's logs. By default, slog.Default().
 	Logger *slog.Logger
+	// Registry receives the sidecar's metrics and is served on /metrics.
+	// By default, a new registry of the Server's own.
+	Registry *prometheus.Registry
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -75,6 +79,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
 	}
 	c.OriginPatterns = append([]string(nil), c.OriginPatterns...)
 	return c, nil

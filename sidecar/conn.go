@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/threadbus/threadbus/frame"
+	"github.com/threadbus/threadbus/metrics"
 	"github.com/threadbus/threadbus/subjects"
 )
 
@@ -110,6 +111,7 @@ func (c *conn) readLoop() {
 			return
 		}
 		if typ != websocket.MessageText {
+			c.s.metrics.FramesIn.WithLabelValues(metrics.FrameInvalid).Inc()
 			c.sendError(frame.CodeBinaryFrame, frame.ErrBinary.Error())
 			continue
 		}
@@ -121,16 +123,19 @@ func (c *conn) readLoop() {
 func (c *conn) handle(data []byte) {
 	f, err := frame.Parse(data)
 	if err != nil {
+		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameInvalid).Inc()
 		c.sendError(frame.Code(err), err.Error())
 		return
 	}
 	if f.Type == frame.TypePing {
+		c.s.metrics.FramesIn.WithLabelValues(metrics.FramePing).Inc()
 		c.send(frame.Pong(data))
 		return
 	}
 	c.bindMu.Lock()
 	defer c.bindMu.Unlock()
 	if f.Type == frame.TypeSwitchThread {
+		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameSwitch).Inc()
 		if _, err := c.bind(f.ThreadID, f.Since, f.Epoch, "switch_thread"); err != nil {
 			c.sendBindError(err)
 		}
@@ -150,15 +155,18 @@ func (c *conn) handle(data []byte) {
 func (c *conn) publish(data []byte) {
 	tid := c.thread()
 	if tid == "" {
+		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameConn).Inc()
 		if err := c.s.bus.PublishConnIn(c.id, c.hdr, data); err != nil {
 			c.log.Warn("publish failed", "err", err)
 			c.sendError(frame.CodePublishFailed, err.Error())
 		}
 		return
 	}
+	c.s.metrics.FramesIn.WithLabelValues(metrics.FrameThread).Inc()
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.BindTimeout)
 	defer cancel()
 	if _, err := c.s.bus.PublishThreadIn(ctx, tid, c.hdr, data); err != nil {
+		c.s.metrics.PublishErrors.Inc()
 		c.log.Warn("publish failed", "thread", tid, "err", err)
 		c.sendError(frame.CodePublishFailed, "frame not stored, send it again: "+err.Error())
 	}

@@ -3,8 +3,11 @@ package sidecar
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/threadbus/threadbus/metrics"
 )
 
 // sendQueue is a connection's bounded queue of outgoing frames, guarded by
@@ -12,7 +15,7 @@ import (
 // connection costs no goroutine but its reader.
 type sendQueue struct {
 	c       *conn
-	frames  [][]byte
+	frames  []outFrame
 	bytes   int
 	writing bool       // a writer goroutine is running
 	space   *sync.Cond // signalled when the writer takes frames, or on close
@@ -20,6 +23,22 @@ type sendQueue struct {
 	closeCode   websocket.StatusCode // set once by closeWith; the writer sends it
 	closeReason string
 }
+
+// outFrame is a queued frame. Events carry their path and stream time, for
+// the delivery metrics.
+type outFrame struct {
+	data []byte
+	path eventPath
+	at   time.Time // the stream's timestamp of a live event
+}
+
+type eventPath uint8
+
+const (
+	notEvent eventPath = iota
+	replayEvent
+	liveEvent
+)
 
 func (q *sendQueue) init(c *conn) {
 	q.c = c
@@ -30,24 +49,27 @@ func (q *sendQueue) init(c *conn) {
 func (c *conn) send(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.enqueueLocked(b)
+	c.enqueueLocked(outFrame{data: b})
 }
 
 // enqueueLocked queues b, or closes the connection as a slow consumer when
 // the queue is full. A single frame larger than the whole queue still goes
 // through an empty queue.
-func (c *conn) enqueueLocked(b []byte) {
+func (c *conn) enqueueLocked(f outFrame) {
 	q := &c.sendQueue
 	if c.dead || q.closeCode != 0 {
 		return
 	}
-	if q.bytes+len(b) > c.s.cfg.SendQueueBytes && q.bytes > 0 {
+	if q.bytes+len(f.data) > c.s.cfg.SendQueueBytes && q.bytes > 0 {
 		c.log.Warn("send queue overflow, closing", "queued_bytes", q.bytes, "limit", c.s.cfg.SendQueueBytes)
+		if f.path != notEvent {
+			c.s.metrics.EventsDropped.WithLabelValues(metrics.ReasonSlowConsumer).Inc()
+		}
 		c.closeWithLocked(websocket.StatusPolicyViolation, reasonSlowConsumer)
 		return
 	}
-	q.frames = append(q.frames, b)
-	q.bytes += len(b)
+	q.frames = append(q.frames, f)
+	q.bytes += len(f.data)
 	c.startWriterLocked()
 }
 
@@ -84,9 +106,23 @@ func (c *conn) closeWithLocked(code websocket.StatusCode, reason string) {
 		return
 	}
 	q.closeCode, q.closeReason = code, reason
+	if n := q.events(); n > 0 && code == websocket.StatusPolicyViolation {
+		c.s.metrics.EventsDropped.WithLabelValues(metrics.ReasonSlowConsumer).Add(float64(n))
+	}
 	q.drop()
 	q.space.Broadcast()
 	c.startWriterLocked()
+}
+
+// events counts the queued event frames.
+func (q *sendQueue) events() int {
+	n := 0
+	for _, f := range q.frames {
+		if f.path != notEvent {
+			n++
+		}
+	}
+	return n
 }
 
 func (q *sendQueue) drop() {
@@ -111,16 +147,17 @@ func (c *conn) writeLoop() {
 		q.space.Broadcast()
 		c.mu.Unlock()
 
-		for i, b := range batch {
+		for i, f := range batch {
 			if i > 0 && c.closing() {
 				break
 			}
-			if err := c.write(b); err != nil {
+			if err := c.write(f.data); err != nil {
 				c.log.Debug("write failed", "err", err)
 				c.ws.CloseNow()
 				c.finishWriter()
 				return
 			}
+			c.s.observeWrite(f)
 		}
 		if code != 0 {
 			err := c.ws.Close(code, reason)

@@ -11,16 +11,19 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/threadbus/threadbus/bus"
+	"github.com/threadbus/threadbus/metrics"
 	"github.com/threadbus/threadbus/subjects"
 )
 
 // Server accepts WebSocket connections and binds them to threads.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	bus *bus.Bus
+	cfg     Config
+	log     *slog.Logger
+	bus     *bus.Bus
+	metrics *metrics.Metrics
 
 	ctx    context.Context // cancelled by Close: ends every connection's I/O
 	cancel context.CancelFunc
@@ -59,6 +62,7 @@ func New(cfg Config) (*Server, error) {
 		connMsgs: make(chan *nats.Msg, connMsgQueue),
 		stopped:  make(chan struct{}),
 	}
+	s.metrics = metrics.New(cfg.Registry, func() float64 { return float64(cfg.Bus.GapsRepaired()) })
 	s.dispatch.Go(s.dispatchConnMsgs)
 	return s, nil
 }
@@ -74,6 +78,7 @@ func (s *Server) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	return mux
 }
 
@@ -129,6 +134,7 @@ func (s *Server) register(c *conn) error {
 		return ErrServerClosed
 	}
 	s.conns[c.id] = c
+	s.metrics.ConnectionsOpen.Inc()
 	return nil
 }
 
@@ -137,6 +143,7 @@ func (s *Server) unregister(c *conn) {
 	defer s.mu.Unlock()
 	if s.conns[c.id] == c {
 		delete(s.conns, c.id)
+		s.metrics.ConnectionsOpen.Dec()
 	}
 }
 
@@ -215,4 +222,17 @@ func (s *Server) Close(ctx context.Context) error {
 		s.dispatch.Wait()
 	})
 	return err
+}
+
+// observeWrite records a frame written to a client.
+func (s *Server) observeWrite(f outFrame) {
+	switch f.path {
+	case replayEvent:
+		s.metrics.EventsDelivered.WithLabelValues(metrics.PathReplay).Inc()
+	case liveEvent:
+		s.metrics.EventsDelivered.WithLabelValues(metrics.PathLive).Inc()
+		if !f.at.IsZero() {
+			s.metrics.DeliveryLatency.Observe(time.Since(f.at).Seconds())
+		}
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -21,9 +23,10 @@ func TestMain(m *testing.M) {
 }
 
 type env struct {
-	t   *testing.T
-	bus *bus.Bus
-	url string
+	t    *testing.T
+	bus  *bus.Bus
+	url  string // ws://.../ws
+	http string // http://host:port
 }
 
 func newEnv(t *testing.T, cfg sidecar.Config) *env {
@@ -48,7 +51,7 @@ func newEnv(t *testing.T, cfg sidecar.Config) *env {
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(hs.Close)
 	t.Cleanup(func() { s.Close(context.Background()) })
-	return &env{t: t, bus: b, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"}
+	return &env{t: t, bus: b, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", http: hs.URL}
 }
 
 type client struct {
@@ -175,5 +178,60 @@ func TestBadInputKeepsConnection(t *testing.T) {
 	c.write(`{"type":"ping","timestamp":5}`)
 	if f := c.read(); f["type"] != "pong" || f["timestamp"] != float64(5) {
 		t.Fatalf("got %v, want pong", f)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	e := newEnv(t, sidecar.Config{})
+	replayed := e.publish("m", 2)
+	c := e.dial("?thread_id=m")
+	c.expectBound("m", 2)
+	c.expectEvents("m", replayed)
+	c.expectEvents("m", e.publish("m", 3))
+	c.write(`{"type":"switch_thread","payload":{"thread_id":"m2"}}`)
+	c.expectBound("m2", 0)
+	c.write(`{"type":"ping"}`)
+	c.read()
+	c.write(`nope`)
+	c.read()
+
+	want := []string{
+		`threadbus_connections_open 1`,
+		`threadbus_binds_total 2`,
+		`threadbus_switches_total 1`,
+		`threadbus_events_delivered_total{path="replay"} 2`,
+		`threadbus_events_delivered_total{path="live"} 3`,
+		`threadbus_frames_in_total{kind="ping"} 1`,
+		`threadbus_frames_in_total{kind="switch"} 1`,
+		`threadbus_frames_in_total{kind="invalid"} 1`,
+		`threadbus_delivery_latency_seconds_count 3`,
+		`threadbus_bind_duration_seconds_count 2`,
+		`threadbus_live_gaps_repaired_total 0`,
+		`threadbus_events_dropped_total{reason="slow_consumer"} 0`,
+	}
+	var body string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get(e.http + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(body, w+"\n") {
+				missing = w
+				break
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q:\n%s", missing, body)
+		}
+		time.Sleep(20 * time.Millisecond) // polling: the writer counts after the client read
 	}
 }

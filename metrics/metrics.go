@@ -1,0 +1,108 @@
+// Package metrics defines threadbus's Prometheus metrics. A Metrics is
+// created once per process, registered on a registry, and handed to the
+// sidecar; every field is safe for concurrent use and cheap (atomic) to
+// update, so it may sit on the delivery path.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const namespace = "threadbus"
+
+// Label values.
+const (
+	PathLive   = "live"
+	PathReplay = "replay"
+
+	ReasonSlowConsumer = "slow_consumer"
+
+	FrameThread  = "thread"  // published to thread.<tid>.in
+	FrameConn    = "conn"    // published to conn.<cid>.in
+	FramePing    = "ping"    // answered locally
+	FrameSwitch  = "switch"  // switch_thread
+	FrameInvalid = "invalid" // answered with an error frame
+)
+
+// Metrics are the sidecar's metrics.
+type Metrics struct {
+	ConnectionsOpen prometheus.Gauge
+	Binds           prometheus.Counter
+	Switches        prometheus.Counter
+	BindErrors      prometheus.Counter
+	FramesIn        *prometheus.CounterVec // by kind
+	EventsDelivered *prometheus.CounterVec // by path
+	EventsDropped   *prometheus.CounterVec // by reason
+	PublishErrors   prometheus.Counter
+	BindDuration    prometheus.Histogram
+	DeliveryLatency prometheus.Histogram
+}
+
+// New creates the metrics and registers them, with the Go runtime and
+// process collectors, on reg. gapsRepaired reports the bus's count of live
+// gaps filled from the stream.
+func New(reg prometheus.Registerer, gapsRepaired func() float64) *Metrics {
+	m := &Metrics{
+		ConnectionsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "connections_open",
+			Help: "WebSocket connections open now.",
+		}),
+		Binds: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "binds_total",
+			Help: "Bindings of a connection to a thread, first bindings and switches alike.",
+		}),
+		Switches: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "switches_total",
+			Help: "Bindings that moved a bound connection to another thread.",
+		}),
+		BindErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "bind_errors_total",
+			Help: "Bindings that failed on NATS (not counting invalid thread ids).",
+		}),
+		FramesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "frames_in_total",
+			Help: "Client frames received, by what became of them: thread, conn, ping, switch, invalid.",
+		}, []string{"kind"}),
+		EventsDelivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "events_delivered_total",
+			Help: "Thread events written to WebSocket clients, by path: replay or live.",
+		}, []string{"path"}),
+		EventsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "events_dropped_total",
+			Help: "Queued frames dropped because their connection was closed, by reason.",
+		}, []string{"reason"}),
+		PublishErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "jetstream_publish_errors_total",
+			Help: "Client frames JetStream did not acknowledge (reported to the client).",
+		}),
+		BindDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "bind_duration_seconds",
+			Help:    "Time from a bind request to the end of its replay.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs .. 3.3s
+		}),
+		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "delivery_latency_seconds",
+			Help:    "Time from the stream's timestamp of a live event to its WebSocket write.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 18), // 50µs .. 6.5s
+		}),
+	}
+	reg.MustRegister(
+		m.ConnectionsOpen, m.Binds, m.Switches, m.BindErrors, m.FramesIn,
+		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.BindDuration, m.DeliveryLatency,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "live_gaps_repaired_total",
+			Help: "Gaps on the live path (lost republished events) filled from the stream.",
+		}, gapsRepaired),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	// Make every labelled series visible from the start.
+	for _, k := range []string{FrameThread, FrameConn, FramePing, FrameSwitch, FrameInvalid} {
+		m.FramesIn.WithLabelValues(k)
+	}
+	m.EventsDelivered.WithLabelValues(PathLive)
+	m.EventsDelivered.WithLabelValues(PathReplay)
+	m.EventsDropped.WithLabelValues(ReasonSlowConsumer)
+	return m
+}
