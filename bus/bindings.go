@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/threadbus/threadbus/subjects"
@@ -87,7 +88,10 @@ func ListBindings(ctx context.Context, js jetstream.JetStream, tid string) ([]Bi
 	var out []Binding
 	for {
 		select {
-		case e := <-w.Updates():
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, watchEnded("list bindings", ctx, js)
+			}
 			if e == nil { // the initial values are done
 				sort.Slice(out, func(i, j int) bool {
 					if out[i].ThreadID != out[j].ThreadID {
@@ -130,8 +134,15 @@ func WatchBindings(ctx context.Context, js jetstream.JetStream, tid string, fn f
 	threadOf := make(map[string]string)
 	for {
 		var e jetstream.KeyValueEntry
+		var ok bool
 		select {
-		case e = <-w.Updates():
+		case e, ok = <-w.Updates():
+			if !ok { // nats.go closes it with the subscription
+				if ctx.Err() != nil {
+					return nil
+				}
+				return watchEnded("watch bindings", ctx, js)
+			}
 		case <-ctx.Done():
 			return nil
 		}
@@ -199,6 +210,9 @@ func decodeBinding(e jetstream.KeyValueEntry) (Binding, bool) {
 // sidecar, and returns one of its bindings. It returns ctx's error if none
 // appears in time.
 func WaitBound(ctx context.Context, js jetstream.JetStream, tid string) (Binding, error) {
+	if err := subjects.ValidateThreadID(tid); err != nil {
+		return Binding{}, err
+	}
 	var found Binding
 	err := WatchBindings(ctx, js, tid, func(c BindingChange) bool {
 		if c.Op == OpBind || c.Op == OpSwitch {
@@ -214,4 +228,15 @@ func WaitBound(ctx context.Context, js jetstream.JetStream, tid string) (Binding
 		return Binding{}, fmt.Errorf("wait for a binding of thread %s: %w", tid, ctx.Err())
 	}
 	return found, nil
+}
+
+// watchEnded explains a KV watch whose updates channel closed early.
+func watchEnded(op string, ctx context.Context, js jetstream.JetStream) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", op, ctx.Err())
+	}
+	if js.Conn().IsClosed() {
+		return fmt.Errorf("%s: %w", op, nats.ErrConnectionClosed)
+	}
+	return fmt.Errorf("%s: watch ended by the server", op)
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/threadbus/threadbus/subjects"
 )
 
 // DefaultRegistryTTL is how long a registry entry outlives the last refresh
@@ -76,15 +78,35 @@ func openRegistry(ctx context.Context, b *Bus, ttl time.Duration, replicas int) 
 // PutBinding records that a connection is bound to a thread. When it moves
 // to another thread, call PutBinding for the new one, then DeleteBinding for
 // the old. It never blocks on NATS.
-func (b *Bus) PutBinding(bd Binding) {
+func (b *Bus) PutBinding(bd Binding) error {
+	key, err := validKey(bd.ThreadID, bd.ConnectionID)
+	if err != nil {
+		return err
+	}
 	value, _ := json.Marshal(bd) // plain struct: always marshals
-	b.reg.queue(bindingKey(bd.ThreadID, bd.ConnectionID), value)
+	b.reg.queue(key, value)
+	return nil
 }
 
 // DeleteBinding removes the registry entry of a connection's binding to a
 // thread. It never blocks on NATS.
-func (b *Bus) DeleteBinding(tid, cid string) {
-	b.reg.queue(bindingKey(tid, cid), nil)
+func (b *Bus) DeleteBinding(tid, cid string) error {
+	key, err := validKey(tid, cid)
+	if err != nil {
+		return err
+	}
+	b.reg.queue(key, nil)
+	return nil
+}
+
+func validKey(tid, cid string) (string, error) {
+	if err := subjects.ValidateThreadID(tid); err != nil {
+		return "", err
+	}
+	if err := subjects.ValidateConnID(cid); err != nil {
+		return "", err
+	}
+	return bindingKey(tid, cid), nil
 }
 
 func (r *registry) queue(key string, value []byte) {

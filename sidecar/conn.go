@@ -78,6 +78,13 @@ func (c *conn) serve(q url.Values) {
 		c.ws.Close(websocket.StatusInternalError, "subscribe failed")
 		return
 	}
+	// The backend may bind as soon as it learns the id: the server must
+	// know the subscription before the client does.
+	if err := c.s.bus.Conn().FlushTimeout(c.s.cfg.BindTimeout); err != nil {
+		c.log.Error("flush connection subscription", "subject", subj, "err", err)
+		c.ws.Close(websocket.StatusInternalError, "subscribe failed")
+		return
+	}
 	c.log.Info("connection opened")
 	c.send(frame.Established(c.id))
 	if tid := q.Get("thread_id"); tid != "" || q.Has("thread_id") {
