@@ -53,12 +53,14 @@ type BindingChange struct {
 	// From is the previous thread of a switch.
 	From string
 	Time time.Time
+	// Initial is set on the bindings present when the watch began.
+	Initial bool
 }
 
 func bindingsKV(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, BindingsBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, fmt.Errorf("%w: no bindings registry (bucket %s): is a sidecar running on this NATS?", ErrNoRegistry, BindingsBucket)
+		return nil, fmt.Errorf("%w (bucket %s): is a sidecar running on this NATS?", ErrNoRegistry, BindingsBucket)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bindings registry: %w", err)
@@ -132,6 +134,7 @@ func WatchBindings(ctx context.Context, js jetstream.JetStream, tid string, fn f
 	defer w.Stop()
 	bound := make(map[string]Binding) // by key
 	threadOf := make(map[string]string)
+	initial := true
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
@@ -147,9 +150,11 @@ func WatchBindings(ctx context.Context, js jetstream.JetStream, tid string, fn f
 			return nil
 		}
 		if e == nil {
-			continue // end of the initial values
+			initial = false // end of the initial values
+			continue
 		}
 		ch, ok := change(e, bound, threadOf)
+		ch.Initial = initial
 		if ok && !fn(ch) {
 			return nil
 		}
@@ -166,7 +171,8 @@ func change(e jetstream.KeyValueEntry, bound map[string]Binding, threadOf map[st
 		if !ok {
 			return BindingChange{}, false
 		}
-		_, refresh := bound[key]
+		before, seen := bound[key]
+		refresh := seen && before.BoundAt.Equal(b.BoundAt) // same binding, TTL refreshed
 		bound[key] = b
 		prev, known := threadOf[b.ConnectionID]
 		threadOf[b.ConnectionID] = b.ThreadID

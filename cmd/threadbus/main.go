@@ -27,8 +27,24 @@ func run(ctx context.Context, args []string) error {
 		Usage: "thread-aware WebSocket delivery on NATS JetStream",
 		Description: "threadbus binds WebSocket connections to conversation threads and delivers\n" +
 			"each thread's events from NATS JetStream, replaying what a connection missed.",
-		Commands:             []*cli.Command{serveCommand()},
+		Commands: []*cli.Command{
+			serveCommand(),
+			bindingsCommand(),
+			threadsCommand(),
+			tailCommand(),
+			publishCommand(),
+			bindCommand(),
+		},
 		EnableBashCompletion: true,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return fmt.Errorf("%w (see threadbus --help)", err)
+		},
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return fmt.Errorf("unknown command %q (see threadbus --help)", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
+		},
 	}
 	return app.RunContext(ctx, args)
 }
