@@ -79,6 +79,9 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		// The sidecar never consumes what it publishes itself.
 		nats.NoEcho(),
 		nats.MaxReconnects(-1),
+		// History reads (natsext.RequestMany) use a sync subscription per
+		// read; its channel is sized by this (default 65536 slots: 512 KiB).
+		nats.SyncQueueLen(4 * historyBatch),
 		nats.ClosedHandler(func(*nats.Conn) { close(b.closed) }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: closed on purpose

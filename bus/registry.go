@@ -174,7 +174,9 @@ func (r *registry) write(ops []regOp) {
 			// connection ever seen.
 			m.Header.Set("KV-Operation", "DEL")
 		}
-		f, err := r.b.js.PublishMsgAsync(m, jetstream.WithMsgTTL(r.ttl))
+		// A storm of binds queues thousands of writes: wait for room
+		// rather than fail after nats.go's default 200 ms stall.
+		f, err := r.b.js.PublishMsgAsync(m, jetstream.WithMsgTTL(r.ttl), jetstream.WithStallWait(registryFlushTimeout))
 		if err != nil {
 			r.b.log.Warn("registry write failed", "key", op.key, "err", err)
 			continue

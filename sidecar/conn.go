@@ -30,6 +30,7 @@ type conn struct {
 	s        *Server
 	id       string
 	ws       *websocket.Conn
+	cork     *corkConn // ws's connection: the writer batches its writes
 	log      *slog.Logger
 	openedAt time.Time
 	remote   string
@@ -88,9 +89,22 @@ func (c *conn) serve(q url.Values) {
 	c.log.Info("connection opened")
 	c.send(frame.Established(c.id))
 	if tid := q.Get("thread_id"); tid != "" || q.Has("thread_id") {
-		c.bindFromQuery(tid, q)
+		onFreshStack(func() { c.bindFromQuery(tid, q) })
 	}
 	c.readLoop()
+}
+
+// onFreshStack runs fn on a short-lived goroutine and waits for it. Binding
+// and publishing call deep into NATS and JSON; on the reader goroutine, which
+// lives as long as the connection, that would grow its stack to 16 KiB for
+// good (a parked goroutine's stack shrinks only below a quarter in use).
+func onFreshStack(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
 }
 
 func (c *conn) bindFromQuery(tid string, q url.Values) {
@@ -122,7 +136,7 @@ func (c *conn) readLoop() {
 			c.sendError(frame.CodeBinaryFrame, frame.ErrBinary.Error())
 			continue
 		}
-		c.handle(data)
+		onFreshStack(func() { c.handle(data) })
 	}
 }
 

@@ -4,8 +4,12 @@
 //
 // # Connections
 //
-// Each connection has one goroutine reading frames (the HTTP handler's) and a
-// writer goroutine that runs only while frames are queued. Binding changes
+// Each connection has one goroutine reading frames, started once the
+// WebSocket is accepted so that net/http's per-connection state is released,
+// and a writer goroutine that runs only while frames are queued; the writer
+// sends each batch it takes from the queue with one write. Each frame is
+// handled on a short-lived goroutine, so the long-lived reader keeps the
+// smallest stack. Binding changes
 // and the publishing of client frames are serialised per connection, in the
 // order the frames arrived, so a frame that names a thread is published only
 // after the connection is bound to it. Events reach a connection through its

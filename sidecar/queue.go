@@ -147,16 +147,30 @@ func (c *conn) writeLoop() {
 		q.space.Broadcast()
 		c.mu.Unlock()
 
+		// Frames go to memory; uncork writes the batch with one syscall
+		// and bounds it with the write timeout.
+		c.cork.cork()
+		n := 0
+		var err error
 		for i, f := range batch {
 			if i > 0 && c.closing() {
 				break
 			}
-			if err := c.write(f.data); err != nil {
-				c.log.Debug("write failed", "err", err)
-				c.ws.CloseNow()
-				c.finishWriter()
-				return
+			if err = c.ws.Write(context.Background(), websocket.MessageText, f.data); err != nil {
+				break
 			}
+			n++
+		}
+		if uerr := c.cork.uncork(c.s.cfg.WriteTimeout); err == nil {
+			err = uerr
+		}
+		if err != nil {
+			c.log.Debug("write failed", "err", err)
+			c.ws.CloseNow()
+			c.finishWriter()
+			return
+		}
+		for _, f := range batch[:n] {
 			c.s.observeWrite(f)
 		}
 		if code != 0 {
@@ -166,12 +180,6 @@ func (c *conn) writeLoop() {
 			return
 		}
 	}
-}
-
-func (c *conn) write(b []byte) error {
-	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.WriteTimeout)
-	defer cancel()
-	return c.ws.Write(ctx, websocket.MessageText, b)
 }
 
 func (c *conn) closing() bool {

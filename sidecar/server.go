@@ -105,9 +105,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.handler.Add(1)
 	s.mu.Unlock()
-	defer s.handler.Done()
+	detached := false
+	defer func() {
+		if !detached {
+			s.handler.Done()
+		}
+	}()
 
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	cork := &corkConn{}
+	ws, err := websocket.Accept(&corkWriter{ResponseWriter: w, cork: cork}, r, &websocket.AcceptOptions{
 		// Browsers offer jwt-auth plus jwt.<token> and fail the handshake
 		// when none is selected. The token itself is never logged.
 		Subprotocols:    []string{"jwt-auth"},
@@ -120,11 +126,21 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(s.cfg.MaxFrameBytes)
 	c := newConn(s, ws, r)
+	c.cork = cork
 	if err := s.register(c); err != nil {
 		ws.Close(websocket.StatusServiceRestart, reasonRestart)
 		return
 	}
-	c.serve(r.URL.Query())
+	// The connection runs on a goroutine of its own and the handler
+	// returns: net/http then drops its per-connection state (request,
+	// buffered writer, its goroutine's deep stack), which a hijacked
+	// connection no longer needs.
+	q := r.URL.Query()
+	detached = true
+	go func() {
+		defer s.handler.Done()
+		c.serve(q)
+	}()
 }
 
 func (s *Server) register(c *conn) error {
