@@ -34,6 +34,7 @@ func run(ctx context.Context, args []string) error {
 			tailCommand(),
 			publishCommand(),
 			bindCommand(),
+			benchCommand(),
 		},
 		EnableBashCompletion: true,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {

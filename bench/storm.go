@@ -1,0 +1,413 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// stormTarget is the time the 10,000-connection storm must stay under.
+const (
+	stormTarget      = 5 * time.Second
+	stormTargetConns = 10000
+	boundConnTarget  = 16 << 10 // RSS per idle bound connection
+	settleMax        = 15 * time.Second
+)
+
+// stormPhase is what one side of a bind storm measured.
+type stormPhase struct {
+	connect  time.Duration // opening every connection
+	storm    time.Duration // first bind request to the last complete replay
+	perConn  summary       // one connection's bind request to its complete replay
+	complete int           // connections that got their whole replay
+	lost     int           // stored events a connection never got
+	odd      int           // events out of order, twice, or before thread_bound
+	short    int           // thread_bound frames that announced another count
+	errors   int           // error frames
+	firstErr string        // the first connection's first error frame
+
+	base, idle, bound    usage     // settled before connecting, connected, bound
+	mBase, mIdle, mBound metricSet // the sidecar's metrics at the same points; nil if unavailable
+	cpu                  cpuUse    // during the storm
+}
+
+func (p stormPhase) perConnRSS(u usage, conns int) float64 {
+	return (float64(u.RSS) - float64(p.base.RSS)) / float64(conns)
+}
+
+// runStorm stores Events events in each of conns threads, opens conns
+// unbound connections, and then has every connection bind its own thread,
+// replaying from the start, at once. The baseline does the same with nats.go
+// clients through nats-server's WebSocket listener: each subscribes to its
+// thread.<tid>.out and reads the stored events with a batch direct get.
+func runStorm(ctx context.Context, e *env, conns int) (Result, error) {
+	k := e.cfg.Storm.Events
+	layout := "interleaved"
+	if e.cfg.Storm.Grouped {
+		layout = "grouped"
+	}
+	res := Result{Label: fmt.Sprintf("storm %dconn x %d ev %s", conns, k, layout)}
+	boundName := "RSS per bound conn, just bound"
+	if e.cfg.Storm.Idle > 0 {
+		boundName = fmt.Sprintf("RSS per bound conn, %v idle", e.cfg.Storm.Idle)
+	}
+	var tb, nb stormPhase
+	err := e.phase(ctx, &res, "threadbus", func(t *target) (err error) {
+		tb, err = stormThreadbus(ctx, e, t, conns)
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("threadbus phase: %w", err)
+	}
+	skipped := false
+	err = e.phase(ctx, &res, "nats-server ws", func(t *target) (err error) {
+		if t.NATSWS == "" {
+			res.note("no nats-server WebSocket listener given: baseline skipped")
+			skipped = true
+			return nil
+		}
+		nb, err = stormNATS(ctx, e, t, conns)
+		return err
+	})
+	if err != nil {
+		skipped = true
+		err = fmt.Errorf("nats-server WebSocket phase: %w", err)
+		res.note("baseline failed: %v", err)
+	}
+
+	const natsName = "nats.go over nats-server ws: sub + direct get"
+	fig := func(f Figure, v float64) Figure {
+		if skipped {
+			return f
+		}
+		return f.withBaseline(natsName, v)
+	}
+	storm := fig(Figure{Name: "bind storm: all replays complete", Unit: UnitSeconds, Value: tb.storm.Seconds()}, nb.storm.Seconds())
+	if conns >= stormTargetConns {
+		storm = storm.below(stormTarget.Seconds(), false)
+	}
+	res.add(storm)
+	res.add(fig(Figure{Name: "events lost", Unit: UnitCount, Value: float64(tb.lost)}, float64(nb.lost)).below(0, true))
+	res.add(fig(Figure{Name: "RSS per unbound conn", Unit: UnitBytes, Value: tb.perConnRSS(tb.idle, conns)}, nb.perConnRSS(nb.idle, conns)))
+	res.add(fig(Figure{Name: boundName, Unit: UnitBytes, Value: tb.perConnRSS(tb.bound, conns)}, nb.perConnRSS(nb.bound, conns)).below(boundConnTarget, true))
+	res.add(fig(Figure{Name: "one bind, p50", Unit: UnitSeconds, Value: tb.perConn.P50.Seconds()}, nb.perConn.P50.Seconds()))
+	res.add(fig(Figure{Name: "one bind, p99", Unit: UnitSeconds, Value: tb.perConn.P99.Seconds()}, nb.perConn.P99.Seconds()))
+	res.add(fig(Figure{Name: "open all conns", Unit: UnitSeconds, Value: tb.connect.Seconds()}, nb.connect.Seconds()))
+
+	res.note("threadbus: %d/%d connections complete, %d events lost, %d out of order, %d thread_bound with another count, %d error frames; storm CPU %s",
+		tb.complete, conns, tb.lost, tb.odd, tb.short, tb.errors, tb.cpu)
+	if tb.firstErr != "" {
+		res.note("threadbus: first error frame: %s", tb.firstErr)
+	}
+	if tb.complete < conns {
+		res.note("threadbus: incomplete after the wait timeout (%v): the storm time is that timeout", e.cfg.WaitTimeout)
+	}
+	res.note("threadbus sidecar RSS: %s before connecting, %s connected, %s bound",
+		formatBytes(float64(tb.base.RSS)), formatBytes(float64(tb.idle.RSS)), formatBytes(float64(tb.bound.RSS)))
+	if s := memBreakdown(tb.mBase, tb.mIdle, tb.mBound, conns); s != "" {
+		res.note("threadbus sidecar, per connection: %s", s)
+	}
+	if !skipped {
+		res.note("nats-server ws: %d/%d clients complete, %d events lost, %d out of order; storm CPU %s",
+			nb.complete, conns, nb.lost, nb.odd, nb.cpu)
+		if nb.firstErr != "" {
+			res.note("nats-server ws: first error: %s", nb.firstErr)
+		}
+		if nb.complete < conns {
+			res.note("nats-server ws: incomplete after the wait timeout (%v)", e.cfg.WaitTimeout)
+		}
+		res.note("nats-server ws process RSS: %s before connecting, %s connected, %s subscribed and replayed",
+			formatBytes(float64(nb.base.RSS)), formatBytes(float64(nb.idle.RSS)), formatBytes(float64(nb.bound.RSS)))
+		if s := memBreakdown(nb.mBase, nb.mIdle, nb.mBound, conns); s != "" {
+			res.note("nats-server ws process, per client: %s", s)
+		}
+	}
+	return res, err
+}
+
+// storeEvents stores k events in each of n threads, interleaved across
+// threads or grouped by thread (StormConfig.Grouped); event j of a thread
+// is "n":j.
+func storeEvents(ctx context.Context, e *env, ag *agent, n, k int, thread func(i int) string) error {
+	var done atomic.Int64
+	stop := e.prog.start("storm", func() string { return fmt.Sprintf("%d/%d events stored", done.Load(), n*k) })
+	defer stop()
+	outs := make([]string, n)
+	for i := range n {
+		outs[i], _ = subjects.ThreadOut(thread(i))
+	}
+	return ag.publishAsync(ctx, n*k, func(i int) *nats.Msg {
+		done.Add(1)
+		if e.cfg.Storm.Grouped {
+			return &nats.Msg{Subject: outs[i/k], Data: eventBody(i%k, e.cfg.PayloadBytes)}
+		}
+		return &nats.Msg{Subject: outs[i%n], Data: eventBody(i/n, e.cfg.PayloadBytes)}
+	})
+}
+
+// stormThreadbus is the sidecar's side of the storm.
+func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPhase, error) {
+	var p stormPhase
+	k := e.cfg.Storm.Events
+	thread := func(i int) string { return e.thread("storm", i) }
+	ag, err := connectAgent(ctx, t.NATS, "bench-storm-agent")
+	if err != nil {
+		return p, err
+	}
+	defer ag.close()
+	e.prog.note("storm: storing %d events in each of %d threads", k, conns)
+	if err := storeEvents(ctx, e, ag, conns, k, thread); err != nil {
+		return p, err
+	}
+	if p.base, p.mBase, err = settled(ctx, t); err != nil {
+		return p, err
+	}
+
+	base := time.Now()
+	done := newTally(base, int64(conns))
+	// Per connection, written by its reader only, read after close.
+	type connState struct {
+		bound    bool
+		replayed int
+		next     int // the next event expected
+		odd      int
+		errors   int
+		firstErr string
+		doneAt   time.Duration
+	}
+	state := make([]connState, conns)
+	sentAt := make([]time.Duration, conns) // written before each request, read after the storm
+	handle := func(i int, data []byte) {
+		s := &state[i]
+		switch f := parseFrame(data); f.kind {
+		case boundFrame:
+			s.bound, s.replayed = true, f.replayed
+			if k == 0 && s.doneAt == 0 {
+				s.doneAt = time.Since(base)
+				done.add(1)
+			}
+		case eventFrame:
+			if !s.bound || f.n != s.next {
+				s.odd++
+				return
+			}
+			s.next++
+			if s.next == k {
+				s.doneAt = time.Since(base)
+				done.add(1)
+			}
+		case errorFrame:
+			if s.errors == 0 {
+				s.firstErr = f.code + ": " + f.message
+			}
+			s.errors++
+		}
+	}
+	e.prog.note("storm: opening %d unbound connections", conns)
+	began := time.Now()
+	fl, err := openFleet(ctx, e.hc, conns, e.cfg.DialWorkers, e.cfg.WaitTimeout, func(int) string { return t.wsURL("") }, handle, e.prog, "storm")
+	if err != nil {
+		return p, err
+	}
+	defer fl.close()
+	p.connect = time.Since(began)
+	if p.idle, p.mIdle, err = settled(ctx, t); err != nil {
+		return p, err
+	}
+
+	e.prog.note("storm: %d connections bind their threads at once", conns)
+	stop := e.prog.start("storm", func() string {
+		return fmt.Sprintf("%d/%d connections have their replay", done.count(), conns)
+	})
+	m := t.meter(ctx)
+	start := time.Since(base)
+	err = fl.each(ctx, e.cfg.DialWorkers, func(ctx context.Context, i int) error {
+		sentAt[i] = time.Since(base)
+		return fl.write(ctx, i, switchFrame(thread(i)))
+	})
+	if err != nil {
+		stop()
+		return p, fmt.Errorf("bind requests: %w", err)
+	}
+	waitErr := waitFor(ctx, e.cfg.WaitTimeout, done, int64(conns))
+	p.cpu = m.stop(ctx)
+	stop()
+	if end, ok := done.finishedAt(); ok {
+		p.storm = end - start
+	} else {
+		p.storm = time.Since(base) - start
+	}
+	if err := idle(ctx, e, "storm"); err != nil {
+		return p, err
+	}
+	if p.bound, p.mBound, err = settled(ctx, t); err != nil {
+		return p, err
+	}
+	fl.close()
+
+	var per samples
+	for i, s := range state {
+		p.odd += s.odd
+		p.errors += s.errors
+		if p.firstErr == "" {
+			p.firstErr = s.firstErr
+		}
+		p.lost += k - s.next
+		if s.bound && s.replayed != k {
+			p.short++
+		}
+		if s.doneAt != 0 {
+			p.complete++
+			per = append(per, s.doneAt-sentAt[i])
+		}
+	}
+	p.perConn = summarize(per)
+	if waitErr != nil {
+		e.log.Warn("storm incomplete", "err", waitErr)
+	}
+	return p, nil
+}
+
+// stormNATS is the baseline: nats.go clients through nats-server's
+// WebSocket listener, each subscribing to its thread and reading the
+// stored events with a batch direct get, all at once.
+func stormNATS(ctx context.Context, e *env, t *target, conns int) (stormPhase, error) {
+	var p stormPhase
+	k := e.cfg.Storm.Events
+	thread := func(i int) string { return e.thread("stormnats", i) }
+	ag, err := connectAgent(ctx, t.NATS, "bench-storm-agent")
+	if err != nil {
+		return p, err
+	}
+	defer ag.close()
+	e.prog.note("storm baseline: storing %d events in each of %d threads", k, conns)
+	if err := storeEvents(ctx, e, ag, conns, k, thread); err != nil {
+		return p, err
+	}
+	if p.base, p.mBase, err = settled(ctx, t); err != nil {
+		return p, err
+	}
+	e.prog.note("storm baseline: connecting %d nats.go clients to %s", conns, t.NATSWS)
+	began := time.Now()
+	fl, err := openNATSFleet(ctx, t.NATSWS, conns, e.cfg.DialWorkers, "", nil, e.prog, "storm baseline")
+	if err != nil {
+		return p, err
+	}
+	defer fl.close()
+	p.connect = time.Since(began)
+	if p.idle, p.mIdle, err = settled(ctx, t); err != nil {
+		return p, err
+	}
+
+	e.prog.note("storm baseline: %d clients subscribe and replay their threads at once", conns)
+	base := time.Now()
+	done := newTally(base, int64(conns))
+	results := make([]natsReplay, conns)
+	stop := e.prog.start("storm baseline", func() string {
+		return fmt.Sprintf("%d/%d clients have their replay", done.count(), conns)
+	})
+	m := t.meter(ctx)
+	rctx, cancel := context.WithTimeout(ctx, e.cfg.WaitTimeout)
+	start := time.Since(base)
+	fl.all(func(i int, nc *nats.Conn) {
+		results[i] = replayNATS(rctx, nc, thread(i), k, base)
+		if results[i].err == nil && results[i].next == k {
+			done.add(1)
+		}
+	})
+	cancel()
+	p.cpu = m.stop(ctx)
+	stop()
+	if end, ok := done.finishedAt(); ok {
+		p.storm = end - start
+	} else {
+		p.storm = time.Since(base) - start
+	}
+	if err := idle(ctx, e, "storm baseline"); err != nil {
+		return p, err
+	}
+	if p.bound, p.mBound, err = settled(ctx, t); err != nil {
+		return p, err
+	}
+	fl.close()
+
+	var per samples
+	var firstErr error
+	for _, r := range results {
+		p.odd += r.odd
+		p.lost += k - r.next
+		if r.err != nil {
+			p.errors++
+			if firstErr == nil {
+				firstErr = r.err
+				p.firstErr = r.err.Error()
+			}
+		}
+		if r.err == nil && r.next == k {
+			p.complete++
+			per = append(per, r.doneAt-r.sentAt)
+		}
+	}
+	p.perConn = summarize(per)
+	if firstErr != nil {
+		e.log.Warn("storm baseline incomplete", "err", firstErr)
+	}
+	return p, nil
+}
+
+// idle keeps the bound connections idle for StormConfig.Idle.
+func idle(ctx context.Context, e *env, label string) error {
+	d := e.cfg.Storm.Idle
+	if d <= 0 {
+		return nil
+	}
+	began := time.Now()
+	stop := e.prog.start(label, func() string {
+		return fmt.Sprintf("idle for %v before reading memory, %.0fs left", d, (d - time.Since(began)).Seconds())
+	})
+	defer stop()
+	return sleep(ctx, d)
+}
+
+// settled reads the sidecar's settled usage and its metrics.
+func settled(ctx context.Context, t *target) (usage, metricSet, error) {
+	u, err := t.settledUsage(ctx, settleMax)
+	if err != nil {
+		return u, nil, err
+	}
+	m, _ := t.scrape(ctx) // nil when the sidecar has no /metrics
+	return u, m, nil
+}
+
+// memBreakdown says how the sidecar's memory grew per connection, idle and
+// bound: the Go heap's spans in use (live objects and the free slots between
+// them), goroutine stacks, heap the runtime holds free but has not returned
+// to the OS (heap_idle - heap_released, the part of RSS no object uses), and
+// goroutines.
+func memBreakdown(base, idle, bound metricSet, conns int) string {
+	if base == nil || idle == nil || bound == nil {
+		return ""
+	}
+	const (
+		heap     = "go_memstats_heap_inuse_bytes"
+		stack    = "go_memstats_stack_inuse_bytes"
+		heapIdle = "go_memstats_heap_idle_bytes"
+		released = "go_memstats_heap_released_bytes"
+		gr       = "go_goroutines"
+	)
+	if _, ok := base[heap]; !ok {
+		return ""
+	}
+	per := func(m metricSet, name string) float64 { return (m[name] - base[name]) / float64(conns) }
+	held := func(m metricSet) float64 {
+		return ((m[heapIdle] - m[released]) - (base[heapIdle] - base[released])) / float64(conns)
+	}
+	return fmt.Sprintf("unbound: heap in use %s, stacks %s, held free %s, %.2f goroutines; bound: heap in use %s, stacks %s, held free %s, %.2f goroutines",
+		formatBytes(per(idle, heap)), formatBytes(per(idle, stack)), formatBytes(held(idle)), per(idle, gr),
+		formatBytes(per(bound, heap)), formatBytes(per(bound, stack)), formatBytes(held(bound)), per(bound, gr))
+}
