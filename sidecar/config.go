@@ -37,7 +37,7 @@ type Config struct {
 	// SendQueueBytes bounds the frames queued for one connection; overflowing
 	// it closes the connection with status 1008. By default, 1 MiB.
 	SendQueueBytes int
-	// WriteTimeout bounds the write of one frame to a client; a client that
+	// WriteTimeout bounds one write to a client (a batch of queued frames); a client that
 	// accepts nothing for that long is disconnected. By default, 30s.
 	WriteTimeout time.Duration
 	// BindTimeout bounds the NATS calls of one binding. By default, 10s.

@@ -18,7 +18,7 @@
 //
 // # Lifecycle
 //
-// New returns a Server whose Handler serves /ws, /healthz and /readyz.
+// New returns a Server whose Handler serves /ws, /healthz, /readyz and /metrics.
 // Close closes every connection with status 1012 (service restart) and waits
 // for their goroutines. Server methods are safe for concurrent use.
 package sidecar

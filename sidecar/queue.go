@@ -92,7 +92,7 @@ func (c *conn) startWriterLocked() {
 	c.wg.Go(c.writeLoop)
 }
 
-// closeWith closes the connection with a status once the frame being written
+// closeWith closes the connection with a status once the batch being written
 // now, if any, is out. Queued frames are dropped.
 func (c *conn) closeWith(code websocket.StatusCode, reason string) {
 	c.mu.Lock()

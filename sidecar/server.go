@@ -70,7 +70,7 @@ func New(cfg Config) (*Server, error) {
 // ID is the sidecar's id.
 func (s *Server) ID() string { return s.cfg.SidecarID }
 
-// Handler serves /ws, /healthz and /readyz.
+// Handler serves /ws, /healthz, /readyz and /metrics.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", s.serveWS)

@@ -40,7 +40,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "registry-ttl", Value: bus.DefaultRegistryTTL, Usage: "how long a binding outlives its sidecar in the registry", EnvVars: envVars("REGISTRY_TTL")},
 			&cli.Int64Flag{Name: "max-frame-bytes", Value: sidecar.DefaultMaxFrameBytes, Usage: "largest client frame; larger ones close with 1009", EnvVars: envVars("MAX_FRAME_BYTES")},
 			&cli.IntFlag{Name: "send-queue-bytes", Value: sidecar.DefaultSendQueueBytes, Usage: "per-connection send queue; overflow closes with 1008", EnvVars: envVars("SEND_QUEUE_BYTES")},
-			&cli.DurationFlag{Name: "write-timeout", Value: sidecar.DefaultWriteTimeout, Usage: "longest write of one frame to a client", EnvVars: envVars("WRITE_TIMEOUT")},
+			&cli.DurationFlag{Name: "write-timeout", Value: sidecar.DefaultWriteTimeout, Usage: "longest write to a client (one batch of queued frames)", EnvVars: envVars("WRITE_TIMEOUT")},
 			&cli.StringFlag{Name: "sidecar-id", Usage: "this sidecar's id in headers and logs (default: random)", EnvVars: envVars("SIDECAR_ID")},
 			&cli.StringSliceFlag{Name: "allowed-origin", Usage: "browser origin host pattern allowed besides the sidecar's own host (repeatable)", EnvVars: envVars("ALLOWED_ORIGIN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
