@@ -11,9 +11,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/threadbus/threadbus/subjects"
 )
+
+// syncQueueLen sizes the channel of a synchronous subscription: history and
+// scan reads (natsext.RequestMany) make one per read, and a batch must fit
+// (the default, 65536 slots, is 512 KiB per read).
+const syncQueueLen = 2 * scanBatch
 
 // Config configures a Bus. The zero value of each field means its documented
 // default, except URL, which is required.
@@ -50,7 +53,17 @@ type Bus struct {
 	stream jetstream.Stream
 	epoch  string
 	hub    *hub
+	scan   *scanner
+	bounds boundsReader
 	reg    *registry
+
+	// Background reads shared by callers (scans, stream bounds) run on
+	// goroutines under bg, which Close cancels and waits for.
+	bg       context.Context
+	bgCancel context.CancelFunc
+	bgMu     sync.Mutex
+	bgDone   bool
+	bgWG     sync.WaitGroup
 
 	closed   chan struct{} // closed by the NATS closed handler
 	stopOnce sync.Once
@@ -74,14 +87,15 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	b := &Bus{cfg: cfg, log: cfg.Logger, closed: make(chan struct{})}
 	b.hub = newHub(b, cfg.Shards) // before connecting: the handlers below use it
+	b.bg, b.bgCancel = context.WithCancel(context.Background())
+	b.bounds.b = b
+	b.scan = newScanner(b)
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		// The sidecar never consumes what it publishes itself.
 		nats.NoEcho(),
 		nats.MaxReconnects(-1),
-		// History reads (natsext.RequestMany) use a sync subscription per
-		// read; its channel is sized by this (default 65536 slots: 512 KiB).
-		nats.SyncQueueLen(4 * historyBatch),
+		nats.SyncQueueLen(syncQueueLen),
 		nats.ClosedHandler(func(*nats.Conn) { close(b.closed) }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: closed on purpose
@@ -146,19 +160,32 @@ func (b *Bus) Ready(ctx context.Context) error {
 	return nil
 }
 
-// StreamBounds returns the first and last sequence the stream holds now.
-func (b *Bus) StreamBounds(ctx context.Context) (first, last uint64, err error) {
-	info, err := b.stream.Info(ctx)
-	if err != nil {
-		return 0, 0, fmt.Errorf("stream %s info: %w", subjects.Stream, err)
+// goBackground runs fn on a goroutine that Close waits for, unless Close
+// has begun.
+func (b *Bus) goBackground(fn func()) bool {
+	b.bgMu.Lock()
+	defer b.bgMu.Unlock()
+	if b.bgDone {
+		return false
 	}
-	return info.State.FirstSeq, info.State.LastSeq, nil
+	b.bgWG.Go(fn)
+	return true
+}
+
+func (b *Bus) stopBackground() {
+	b.bgMu.Lock()
+	b.bgDone = true
+	b.bgMu.Unlock()
+	b.bgCancel()
+	b.scan.stop()
+	b.bgWG.Wait()
 }
 
 // Close drains the NATS connection, which flushes pending publishes and
 // ends every subscription, then stops the dispatchers. It is idempotent.
 func (b *Bus) Close(ctx context.Context) error {
 	b.stopOnce.Do(func() {
+		b.stopBackground()
 		b.reg.close()
 		if err := b.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			b.nc.Close()

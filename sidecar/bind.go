@@ -106,7 +106,8 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	}
 	c.bound = true
 
-	if _, err := c.s.bus.Join(ctx, tid, nb); err != nil {
+	pos, err := c.s.bus.Join(ctx, tid, nb)
+	if err != nil {
 		c.unbind(nb)
 		if old != nil {
 			c.s.bus.DeleteBinding(old.tid, c.id)
@@ -124,7 +125,7 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	if old != nil && old.tid != tid {
 		c.s.bus.DeleteBinding(old.tid, c.id)
 	}
-	replayed, err := c.replay(ctx, nb, start, recovered)
+	replayed, err := c.replay(ctx, nb, start, pos, recovered)
 	if err != nil {
 		c.s.bus.Leave(tid, nb)
 		c.unbind(nb)
@@ -197,19 +198,16 @@ func (c *conn) replayStart(ctx context.Context, since *uint64, epoch string) (bu
 	return bus.Start{AfterSeq: *since}, first <= *since+1, nil
 }
 
-// replay queues thread_bound and then the stored events from start, pacing
-// itself on the client's send queue. It returns how many it replayed.
-func (c *conn) replay(ctx context.Context, nb *binding, start bus.Start, recovered bool) (int, error) {
-	total, sent := 0, 0
-	bound := func(n int) {
+// replay queues thread_bound and then the stored events from start through
+// pos (the feed position: later events are in nb.pending), pacing itself on
+// the client's send queue. It returns how many it replayed.
+func (c *conn) replay(ctx context.Context, nb *binding, start bus.Start, pos uint64, recovered bool) (int, error) {
+	sent := 0
+	head := func(n int) {
 		c.send(frame.ThreadBound(frame.Bound{ThreadID: nb.tid, Replayed: n, Recovered: recovered, Epoch: c.s.bus.Epoch()}))
 	}
 	var stop error
-	err := c.s.bus.History(ctx, nb.tid, start, func(ev bus.Event, pending uint64) bool {
-		if sent == 0 {
-			total = 1 + int(pending)
-			bound(total)
-		}
+	err := c.s.bus.Replay(ctx, nb.tid, start, pos, head, func(ev bus.Event) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if !c.waitSpaceLocked() || c.binding != nb {
@@ -218,18 +216,12 @@ func (c *conn) replay(ctx context.Context, nb *binding, start bus.Start, recover
 		}
 		nb.queueLocked(ev, replayEvent)
 		sent++
-		return sent < total
+		return true
 	})
 	if err == nil {
 		err = stop
 	}
-	if err != nil {
-		return sent, err
-	}
-	if total == 0 {
-		bound(0)
-	}
-	return sent, nil
+	return sent, err
 }
 
 // bindRequest is the body of a conn.<cid>.bind request.
