@@ -25,16 +25,16 @@ const (
 	HeaderUser    = "Threadbus-User"
 )
 
-// conn is one WebSocket connection.
+// conn is one WebSocket connection. It keeps only what it needs while
+// idle: its logger and the headers of its publishes are made when used.
 type conn struct {
 	s        *Server
 	id       string
 	ws       *websocket.Conn
 	cork     *corkConn // ws's connection: the writer batches its writes
-	log      *slog.Logger
+	log      connLog
 	openedAt time.Time
 	remote   string
-	hdr      nats.Header
 	sub      *nats.Subscription // conn.<cid>.*
 
 	// bindMu serialises binding changes and inbound publishes, so that they
@@ -60,44 +60,81 @@ func newConn(s *Server, ws *websocket.Conn, r *http.Request) *conn {
 		ws:       ws,
 		openedAt: time.Now(),
 		remote:   r.RemoteAddr,
-		log:      s.log.With("conn", id, "remote", r.RemoteAddr),
-		hdr:      nats.Header{HeaderConn: {id}, HeaderSidecar: {s.cfg.SidecarID}},
 	}
+	c.log.c = c
 	c.sendQueue.init(c)
 	return c
 }
 
-// serve runs the connection on the HTTP handler's goroutine until it ends.
+// connLog logs with the connection's attributes, like a child logger of
+// the server's, but builds them per record: a child logger kept per
+// connection costs its formatted attributes (~0.4 KiB) for the connection's
+// life, and a connection logs a handful of records in all.
+type connLog struct{ c *conn }
+
+func (l connLog) Debug(msg string, args ...any) { l.log(slog.LevelDebug, msg, args) }
+func (l connLog) Info(msg string, args ...any)  { l.log(slog.LevelInfo, msg, args) }
+func (l connLog) Warn(msg string, args ...any)  { l.log(slog.LevelWarn, msg, args) }
+func (l connLog) Error(msg string, args ...any) { l.log(slog.LevelError, msg, args) }
+
+func (l connLog) log(level slog.Level, msg string, args []any) {
+	lg := l.c.s.log
+	if !lg.Enabled(context.Background(), level) {
+		return
+	}
+	all := make([]any, 0, 4+len(args))
+	all = append(all, "conn", l.c.id, "remote", l.c.remote)
+	lg.Log(context.Background(), level, msg, append(all, args...)...)
+}
+
+// header is the headers of a frame the connection publishes.
+func (c *conn) header() nats.Header {
+	return nats.Header{HeaderConn: {c.id}, HeaderSidecar: {c.s.cfg.SidecarID}}
+}
+
+// serve runs the connection on a goroutine of its own until it ends. Only
+// the read loop runs on that goroutine's stack (see onFreshStack).
 func (c *conn) serve(q url.Values) {
 	defer c.s.unregister(c)
 	defer c.end()
+	opened := false
+	onFreshStack(func() { opened = c.open(q) })
+	if opened {
+		c.readLoop()
+	}
+}
 
+// open subscribes to the connection's subject, greets the client and binds
+// the thread the URL names, if any. It reports whether the connection can
+// be served.
+func (c *conn) open(q url.Values) bool {
 	subj, _ := subjects.ConnAll(c.id) // nuids are valid ids
 	var err error
 	if c.sub, err = c.s.bus.Conn().ChanSubscribe(subj, c.s.connMsgs); err != nil {
 		c.log.Error("subscribe to connection subject", "subject", subj, "err", err)
 		c.ws.Close(websocket.StatusInternalError, "subscribe failed")
-		return
+		return false
 	}
 	// The backend may bind as soon as it learns the id: the server must
 	// know the subscription before the client does.
 	if err := c.s.bus.Conn().FlushTimeout(c.s.cfg.BindTimeout); err != nil {
 		c.log.Error("flush connection subscription", "subject", subj, "err", err)
 		c.ws.Close(websocket.StatusInternalError, "subscribe failed")
-		return
+		return false
 	}
 	c.log.Info("connection opened")
 	c.send(frame.Established(c.id))
 	if tid := q.Get("thread_id"); tid != "" || q.Has("thread_id") {
-		onFreshStack(func() { c.bindFromQuery(tid, q) })
+		c.bindFromQuery(tid, q)
 	}
-	c.readLoop()
+	return true
 }
 
-// onFreshStack runs fn on a short-lived goroutine and waits for it. Binding
-// and publishing call deep into NATS and JSON; on the reader goroutine, which
-// lives as long as the connection, that would grow its stack to 16 KiB for
-// good (a parked goroutine's stack shrinks only below a quarter in use).
+// onFreshStack runs fn on a short-lived goroutine and waits for it. Opening,
+// binding, publishing and logging call deep into NATS, JSON and slog; on the
+// reader goroutine, which lives as long as the connection, that would grow
+// its stack to 8 or 16 KiB for good (a parked goroutine's stack shrinks only
+// below a quarter in use).
 func onFreshStack(fn func()) {
 	done := make(chan struct{})
 	go func() {
@@ -126,14 +163,19 @@ func (c *conn) bindFromQuery(tid string, q url.Values) {
 
 func (c *conn) readLoop() {
 	for {
-		typ, data, err := c.ws.Read(c.s.ctx)
+		// No context: one with a Done channel costs every idle connection
+		// a registered callback (context.AfterFunc) while it waits. The
+		// server cuts reads with CloseNow instead (see Server.Close).
+		typ, data, err := c.ws.Read(context.Background())
 		if err != nil {
 			c.log.Debug("read ended", "err", err, "status", websocket.CloseStatus(err))
 			return
 		}
 		if typ != websocket.MessageText {
-			c.s.metrics.FramesIn.WithLabelValues(metrics.FrameInvalid).Inc()
-			c.sendError(frame.CodeBinaryFrame, frame.ErrBinary.Error())
+			onFreshStack(func() {
+				c.s.metrics.FramesIn.WithLabelValues(metrics.FrameInvalid).Inc()
+				c.sendError(frame.CodeBinaryFrame, frame.ErrBinary.Error())
+			})
 			continue
 		}
 		onFreshStack(func() { c.handle(data) })
@@ -177,7 +219,7 @@ func (c *conn) publish(data []byte) {
 	tid := c.thread()
 	if tid == "" {
 		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameConn).Inc()
-		if err := c.s.bus.PublishConnIn(c.id, c.hdr, data); err != nil {
+		if err := c.s.bus.PublishConnIn(c.id, c.header(), data); err != nil {
 			c.log.Warn("publish failed", "err", err)
 			c.sendError(frame.CodePublishFailed, err.Error())
 		}
@@ -186,7 +228,7 @@ func (c *conn) publish(data []byte) {
 	c.s.metrics.FramesIn.WithLabelValues(metrics.FrameThread).Inc()
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.BindTimeout)
 	defer cancel()
-	if _, err := c.s.bus.PublishThreadIn(ctx, tid, c.hdr, data); err != nil {
+	if _, err := c.s.bus.PublishThreadIn(ctx, tid, c.header(), data); err != nil {
 		c.s.metrics.PublishErrors.Inc()
 		c.log.Warn("publish failed", "thread", tid, "err", err)
 		c.sendError(frame.CodePublishFailed, "frame not stored, send it again: "+err.Error())

@@ -66,12 +66,15 @@ type corkWriter struct {
 	cork *corkConn
 }
 
-// The WebSocket's buffers. Frames pass through the writer's into the cork,
-// so it only needs to hold a frame header; reads of client frames larger
-// than the reader's bypass it.
+// The WebSocket's buffers, kept for the connection's life. The writer's
+// only needs to hold a frame header (at most 14 bytes): a frame's payload
+// passes it by, into the cork. The reader's holds the header of a client
+// frame and small frames whole; the payload of a larger one is read into
+// the message without passing through it. A few more reads per large frame
+// cost less than a kilobyte more on every idle connection.
 const (
-	wsReadBuffer  = 1 << 10
-	wsWriteBuffer = 512
+	wsReadBuffer  = 128
+	wsWriteBuffer = 16
 )
 
 func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -81,12 +84,18 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.cork.Conn = nc
 	// Small buffers of the connection's own: net/http's 4 KiB ones go
-	// with its per-connection state once the handler returns. Bytes it
-	// already read past the request stay first.
-	var r io.Reader = nc
+	// with its per-connection state once the handler returns.
+	br := bufio.NewReaderSize(nc, wsReadBuffer)
 	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes net/http read past the request come first. They must be
+		// buffered in br when Hijack returns: coder/websocket keeps what
+		// br holds and then reads from the returned connection itself.
 		pre, _ := brw.Reader.Peek(n)
-		r = io.MultiReader(bytes.NewReader(bytes.Clone(pre)), nc)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(pre)), nc), max(n, wsReadBuffer))
+		if _, err := br.Peek(n); err != nil {
+			nc.Close()
+			return nil, nil, err
+		}
 	}
-	return w.cork, bufio.NewReadWriter(bufio.NewReaderSize(r, wsReadBuffer), bufio.NewWriterSize(w.cork, wsWriteBuffer)), nil
+	return w.cork, bufio.NewReadWriter(br, bufio.NewWriterSize(w.cork, wsWriteBuffer)), nil
 }

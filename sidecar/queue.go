@@ -17,8 +17,8 @@ type sendQueue struct {
 	c       *conn
 	frames  []outFrame
 	bytes   int
-	writing bool       // a writer goroutine is running
-	space   *sync.Cond // signalled when the writer takes frames, or on close
+	writing bool      // a writer goroutine is running
+	space   sync.Cond // signalled when the writer takes frames, or on close
 
 	closeCode   websocket.StatusCode // set once by closeWith; the writer sends it
 	closeReason string
@@ -42,7 +42,7 @@ const (
 
 func (q *sendQueue) init(c *conn) {
 	q.c = c
-	q.space = sync.NewCond(&c.mu)
+	q.space.L = &c.mu
 }
 
 // send queues a frame for the client. It never blocks.

@@ -229,7 +229,8 @@ func (s *Server) Close(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			err = fmt.Errorf("close connections: %w", ctx.Err())
-			s.cancel() // cuts every connection's I/O
+			s.cancel() // cuts every binding's NATS calls
+			s.closeConnsNow()
 			<-done
 		}
 		s.cancel()
@@ -238,6 +239,22 @@ func (s *Server) Close(ctx context.Context) error {
 		s.dispatch.Wait()
 	})
 	return err
+}
+
+// closeConnsNow cuts every connection's I/O: reads run without a context
+// (see conn.readLoop), a writer blocked on a client and a close handshake
+// waiting for one end too. It closes the sockets themselves: the
+// WebSocket's CloseNow waits for a close handshake in progress.
+func (s *Server) closeConnsNow() {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.cork.Close() // the hijacked connection; an error means it was closed already
+	}
 }
 
 // observeWrite records a frame written to a client.
