@@ -51,9 +51,8 @@ type hub struct {
 
 // feed is the live path of one thread on this sidecar.
 type feed struct {
-	tid     string
-	outSubj string
-	sub     *nats.Subscription
+	tid string
+	sub *nats.Subscription
 
 	// mu orders everything that reads or moves the position: dispatch,
 	// joins, gap repair. It is held across the position lookup and the gap
@@ -63,7 +62,7 @@ type feed struct {
 	ready     bool        // last is known
 	closed    atomic.Bool // stopped: unsubscribed, to be replaced by a new feed; set with mu held
 	last      uint64      // sequence of the last event delivered (or the position at start)
-	listeners map[Listener]struct{}
+	listeners []Listener  // a set; a slice costs a thread with one listener 16 bytes, a map ~200
 }
 
 func newHub(b *Bus, shards int) *hub {
@@ -120,7 +119,7 @@ func (b *Bus) Join(ctx context.Context, tid string, l Listener) (uint64, error) 
 				return 0, err
 			}
 		}
-		f.listeners[l] = struct{}{}
+		f.add(l)
 		pos := f.last
 		f.mu.Unlock()
 		return pos, nil
@@ -137,7 +136,7 @@ func (b *Bus) Leave(tid string, l Listener) {
 		return
 	}
 	f.mu.Lock()
-	delete(f.listeners, l)
+	f.remove(l)
 	f.mu.Unlock()
 	b.hub.release(f)
 }
@@ -156,8 +155,7 @@ func (h *hub) feed(tid string) (*feed, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, _ := subjects.ThreadOut(tid) // valid: Live accepted tid
-	f := &feed{tid: tid, outSubj: out, listeners: make(map[Listener]struct{})}
+	f := &feed{tid: tid}
 	if f.sub, err = h.b.nc.ChanSubscribe(live, h.shardOf(tid)); err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", live, err)
 	}
@@ -204,12 +202,13 @@ func (h *hub) shardOf(tid string) chan *nats.Msg {
 func (h *hub) position(ctx context.Context, f *feed) error {
 	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
 	defer cancel()
-	m, err := h.b.stream.GetLastMsgForSubject(ctx, f.outSubj)
+	out, _ := subjects.ThreadOut(f.tid) // valid: the feed subscribed to its live subject
+	m, err := h.b.stream.GetLastMsgForSubject(ctx, out)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		f.last = 0
 	case err != nil:
-		return fmt.Errorf("last event of %s: %w", f.outSubj, err)
+		return fmt.Errorf("last event of %s: %w", out, err)
 	default:
 		f.last = m.Sequence
 	}
@@ -357,8 +356,35 @@ func (h *hub) repairLocked(f *feed, prev, before uint64) error {
 	return nil
 }
 
+// add adds l to the listeners unless it is one already. Called with f.mu held.
+func (f *feed) add(l Listener) {
+	for _, x := range f.listeners {
+		if x == l {
+			return
+		}
+	}
+	f.listeners = append(f.listeners, l)
+}
+
+// remove removes l from the listeners. Called with f.mu held.
+func (f *feed) remove(l Listener) {
+	for i, x := range f.listeners {
+		if x == l {
+			last := len(f.listeners) - 1
+			f.listeners[i] = f.listeners[last]
+			f.listeners[last] = nil
+			f.listeners = f.listeners[:last]
+			if n := len(f.listeners); n == 0 || (n < cap(f.listeners)/4 && cap(f.listeners) > 16) {
+				// A thread that had many listeners gives their slots back.
+				f.listeners = append([]Listener(nil), f.listeners...)
+			}
+			return
+		}
+	}
+}
+
 func (f *feed) deliverLocked(ev Event) {
-	for l := range f.listeners {
+	for _, l := range f.listeners {
 		l.Deliver(ev)
 	}
 	f.last = ev.Seq
@@ -368,9 +394,10 @@ func (f *feed) deliverLocked(ev Event) {
 // next Join of the thread replaces it with a new feed.
 func (h *hub) failLocked(f *feed, err error) {
 	h.b.log.Error("live feed failed", "thread", f.tid, "err", err)
-	for l := range f.listeners {
+	ls := f.listeners
+	f.listeners = nil
+	for _, l := range ls {
 		l.Fail(err)
-		delete(f.listeners, l)
 	}
 	f.closeLocked()
 }

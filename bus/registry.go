@@ -23,23 +23,30 @@ const registryFlushTimeout = 5 * time.Second
 // registry writes this sidecar's bindings to the KV bucket. Writes are
 // queued and done by one goroutine, in order, off the binding path: a bind
 // costs a map update, not a round trip.
+//
+// Every binding stays in memory as long as it lasts (the refresh rewrites
+// them all), so it is kept small: its strings are those of the caller, and
+// it is encoded when written, not when queued.
 type registry struct {
 	b      *Bus
 	prefix string // subject prefix of the bucket's keys
 	ttl    time.Duration
 
 	mu   sync.Mutex
-	own  map[string][]byte // key -> value of every binding this sidecar holds
-	ops  []regOp           // writes not done yet, in order
-	wake chan struct{}     // cap 1: there are ops
+	own  map[regKey]*Binding // every binding this sidecar holds
+	ops  []regOp             // writes not done yet, in order
+	wake chan struct{}       // cap 1: there are ops
 
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
+// regKey names a registry entry: the bucket's key is <thread>.<connection>.
+type regKey struct{ tid, cid string }
+
 type regOp struct {
-	key   string
-	value []byte // nil: delete
+	key regKey
+	bd  *Binding // nil: delete
 }
 
 func openRegistry(ctx context.Context, b *Bus, ttl time.Duration, replicas int) (*registry, error) {
@@ -67,7 +74,7 @@ func openRegistry(ctx context.Context, b *Bus, ttl time.Duration, replicas int) 
 		b:      b,
 		prefix: "$KV." + BindingsBucket + ".",
 		ttl:    ttl,
-		own:    make(map[string][]byte),
+		own:    make(map[regKey]*Binding),
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
@@ -83,8 +90,7 @@ func (b *Bus) PutBinding(bd Binding) error {
 	if err != nil {
 		return err
 	}
-	value, _ := json.Marshal(bd) // plain struct: always marshals
-	b.reg.queue(key, value)
+	b.reg.queue(key, &bd)
 	return nil
 }
 
@@ -99,24 +105,24 @@ func (b *Bus) DeleteBinding(tid, cid string) error {
 	return nil
 }
 
-func validKey(tid, cid string) (string, error) {
+func validKey(tid, cid string) (regKey, error) {
 	if err := subjects.ValidateThreadID(tid); err != nil {
-		return "", err
+		return regKey{}, err
 	}
 	if err := subjects.ValidateConnID(cid); err != nil {
-		return "", err
+		return regKey{}, err
 	}
-	return bindingKey(tid, cid), nil
+	return regKey{tid: tid, cid: cid}, nil
 }
 
-func (r *registry) queue(key string, value []byte) {
+func (r *registry) queue(key regKey, bd *Binding) {
 	r.mu.Lock()
-	if value == nil {
+	if bd == nil {
 		delete(r.own, key)
 	} else {
-		r.own[key] = value
+		r.own[key] = bd
 	}
-	r.ops = append(r.ops, regOp{key: key, value: value})
+	r.ops = append(r.ops, regOp{key: key, bd: bd})
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
@@ -152,8 +158,8 @@ func (r *registry) refreshOps() []regOp {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ops := make([]regOp, 0, len(r.own))
-	for k, v := range r.own {
-		ops = append(ops, regOp{key: k, value: v})
+	for k, bd := range r.own {
+		ops = append(ops, regOp{key: k, bd: bd})
 	}
 	return ops
 }
@@ -167,18 +173,21 @@ func (r *registry) write(ops []regOp) {
 	}
 	acks := make([]jetstream.PubAckFuture, 0, len(ops))
 	for _, op := range ops {
-		m := nats.NewMsg(r.prefix + op.key)
-		m.Data = op.value
-		if op.value == nil {
+		key := bindingKey(op.key.tid, op.key.cid)
+		m := nats.NewMsg(r.prefix + key)
+		if op.bd == nil {
 			// A tombstone with a TTL, so the bucket does not keep one per
 			// connection ever seen.
 			m.Header.Set("KV-Operation", "DEL")
+		} else {
+			// The Binding is never changed once queued: PutBinding took a copy.
+			m.Data, _ = json.Marshal(op.bd) // plain struct: always marshals
 		}
 		// A storm of binds queues thousands of writes: wait for room
 		// rather than fail after nats.go's default 200 ms stall.
 		f, err := r.b.js.PublishMsgAsync(m, jetstream.WithMsgTTL(r.ttl), jetstream.WithStallWait(registryFlushTimeout))
 		if err != nil {
-			r.b.log.Warn("registry write failed", "key", op.key, "err", err)
+			r.b.log.Warn("registry write failed", "key", key, "err", err)
 			continue
 		}
 		acks = append(acks, f)

@@ -675,8 +675,8 @@ func benchBindings() []bus.Binding {
 	return bs
 }
 
-// BenchmarkPutBinding is what the registry adds to a bind: encoding the
-// entry and queueing its write. The write itself happens on the registry's
+// BenchmarkPutBinding is what the registry adds to a bind: keeping the
+// entry and queueing its write. Encoding and writing it happen on the registry's
 // goroutine, off the bind path.
 func BenchmarkPutBinding(b *testing.B) {
 	bb := benchBus(b)
