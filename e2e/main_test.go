@@ -18,11 +18,14 @@ import (
 	"flag"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,6 +98,37 @@ func build(out string) error {
 		return fmt.Errorf("go %v: %v\n%s", args, err, b)
 	}
 	return nil
+}
+
+// trackSources opens every file the binary is built from. This package
+// imports nothing of threadbus, and go test caches a passing run as long as
+// the test binary and the files the tests opened are unchanged: without this,
+// a change to the sidecar alone would be answered with a cached pass. Only
+// what is opened while tests run counts (not in TestMain before m.Run), so
+// startSidecar calls it, once.
+var trackSourcesOnce = sync.OnceValue(func() error { return trackSources("..") })
+
+func trackSources(root string) error {
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" {
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}
+		return nil
+	})
 }
 
 // newRand returns the test's random source and logs its seed. The seed

@@ -60,6 +60,9 @@ var (
 // is printed if the test failed.
 func startSidecar(t testing.TB, cfg sidecarConfig) *sidecar {
 	t.Helper()
+	if err := trackSourcesOnce(); err != nil {
+		t.Fatalf("track the sources of the binary: %v", err)
+	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
