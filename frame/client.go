@@ -31,33 +31,32 @@ type Client struct {
 
 // Parse parses one text frame. A frame must be a JSON object with a string
 // "type"; a thread id it names must be valid.
+//
+// Parse runs for every frame a client sends, so it validates the frame and
+// finds the few members it reads in one pass (see scanFrame) instead of
+// decoding maps. It behaves as decoding the frame and its payload into
+// map[string]json.RawMessage would: keys match exactly after unescaping, the
+// last of duplicate keys wins, and values are decoded with encoding/json.
 func Parse(data []byte) (Client, error) {
 	c := Client{Raw: data}
-	if !json.Valid(data) {
+	// Validity is encoding/json's to decide; the scanner agrees with it
+	// (FuzzParseDifferential) but only finds the members Parse reads.
+	var f members
+	if !json.Valid(data) || !scanFrame(data, &f) {
 		return c, ErrNotJSON
 	}
-	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+	if !f.object {
 		return c, ErrNotObject
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(data, &top); err != nil {
-		return c, fmt.Errorf("%w: %v", ErrNotObject, err)
-	}
-	if err := json.Unmarshal(top["type"], &c.Type); err != nil || c.Type == "" {
+	if c.Type = f.typ.frameType(data); c.Type == "" {
 		return c, ErrNotObject
 	}
-	var payload map[string]json.RawMessage
-	if p := top["payload"]; isObject(p) {
-		if err := json.Unmarshal(p, &payload); err != nil {
-			return c, fmt.Errorf("%w: payload: %v", ErrNotObject, err)
-		}
-	}
-	tid, err := threadID(payload["thread_id"])
+	tid, err := threadID(data, f.payload.tid)
 	if err != nil {
 		return c, err
 	}
 	if tid == "" {
-		if tid, err = threadID(top["thread_id"]); err != nil {
+		if tid, err = threadID(data, f.tid); err != nil {
 			return c, err
 		}
 	}
@@ -66,11 +65,12 @@ func Parse(data []byte) (Client, error) {
 		if c.ThreadID == "" {
 			return c, fmt.Errorf("%w: switch_thread needs payload.thread_id", subjects.ErrInvalidThreadID)
 		}
-		if c.Since, err = ParseSince(payload["since"]); err != nil {
+		if c.Since, err = parseSince(f.payload.since.in(data)); err != nil {
 			return c, err
 		}
-		if e := payload["epoch"]; len(e) > 0 && !isNull(e) {
-			if err := json.Unmarshal(e, &c.Epoch); err != nil {
+		if e := f.payload.epoch.in(data); len(e) > 0 && !isNull(e) {
+			var ok bool
+			if c.Epoch, ok = f.payload.epoch.text(data); !ok {
 				return c, fmt.Errorf("%w: epoch must be a string", ErrNotObject)
 			}
 		}
@@ -80,18 +80,28 @@ func Parse(data []byte) (Client, error) {
 
 // threadID decodes a thread_id member: absent or null is "", a string must be
 // a valid thread id, anything else is invalid.
-func threadID(raw json.RawMessage) (string, error) {
+func threadID(data []byte, v span) (string, error) {
+	raw := v.in(data)
 	if len(raw) == 0 || isNull(raw) {
 		return "", nil
 	}
-	var tid string
-	if err := json.Unmarshal(raw, &tid); err != nil {
+	tid, ok := v.text(data)
+	if !ok {
 		return "", fmt.Errorf("%w: thread_id must be a string, got %s", subjects.ErrInvalidThreadID, clip(raw))
 	}
 	if err := subjects.ValidateThreadID(tid); err != nil {
 		return "", err
 	}
 	return tid, nil
+}
+
+// parseSince is ParseSince with a fast path for the plain integers clients
+// send.
+func parseSince(raw []byte) (*uint64, error) {
+	if n, ok := plainUint(raw); ok {
+		return &n, nil
+	}
+	return ParseSince(raw)
 }
 
 // ParseSince decodes a "since" value: absent or null is nil, otherwise a
@@ -107,12 +117,27 @@ func ParseSince(raw json.RawMessage) (*uint64, error) {
 	return &s, nil
 }
 
-func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
-
-func isObject(raw json.RawMessage) bool {
-	t := bytes.TrimSpace(raw)
-	return len(t) > 0 && t[0] == '{'
+// plainUint decodes raw when it is only decimal digits and fits a uint64;
+// anything else is left to encoding/json.
+func plainUint(raw []byte) (uint64, bool) {
+	if len(raw) == 0 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if n > (^uint64(0)-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
 }
+
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
 
 // clip keeps error messages short when a client sends something large.
 func clip(b []byte) string {
