@@ -55,6 +55,7 @@ type Bus struct {
 	hub    *hub
 	scan   *scanner
 	bounds boundsReader
+	last   lastSeqReader
 	reg    *registry
 
 	// Background reads shared by callers (scans, stream bounds) run on
@@ -89,6 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	b.hub = newHub(b, cfg.Shards) // before connecting: the handlers below use it
 	b.bg, b.bgCancel = context.WithCancel(context.Background())
 	b.bounds.b = b
+	b.last.b = b
 	b.scan = newScanner(b)
 	opts := []nats.Option{
 		nats.Name(cfg.Name),

@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -203,15 +202,11 @@ func (h *hub) position(ctx context.Context, f *feed) error {
 	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
 	defer cancel()
 	out, _ := subjects.ThreadOut(f.tid) // valid: the feed subscribed to its live subject
-	m, err := h.b.stream.GetLastMsgForSubject(ctx, out)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		f.last = 0
-	case err != nil:
+	seq, err := h.b.last.lastSeq(ctx, out)
+	if err != nil {
 		return fmt.Errorf("last event of %s: %w", out, err)
-	default:
-		f.last = m.Sequence
 	}
+	f.last = seq
 	f.ready = true
 	return nil
 }

@@ -1,0 +1,151 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/threadbus/threadbus/subjects"
+)
+
+// lastSeqBatch is how many subjects one lookup asks for: nats-server answers
+// a multi-subject direct get with at most 1024 messages.
+const lastSeqBatch = 1024
+
+// lastSeqReader coalesces the lookups of the last sequence of a subject that
+// new feeds make (see hub.position): a reconnect storm would otherwise send
+// one request per thread. Lookups that arrive while one is in flight go out
+// together in the next request, so none is answered with a read made before
+// it was asked.
+type lastSeqReader struct {
+	b       *Bus
+	mu      sync.Mutex
+	waiting map[string][]chan lastSeqResult // by subject
+	order   []string                        // subjects of waiting, first asked first
+	running bool
+}
+
+type lastSeqResult struct {
+	seq uint64
+	err error
+}
+
+// lastSeq returns the sequence of the last message stored on subj, 0 if there
+// is none.
+func (r *lastSeqReader) lastSeq(ctx context.Context, subj string) (uint64, error) {
+	ch := make(chan lastSeqResult, 1) // the reader never waits for a caller that gave up
+	r.mu.Lock()
+	if !r.running {
+		if !r.b.goBackground(r.run) { // it waits for r.mu
+			r.mu.Unlock()
+			return 0, ErrClosed
+		}
+		r.running = true
+	}
+	if r.waiting == nil {
+		r.waiting = make(map[string][]chan lastSeqResult)
+	}
+	if _, ok := r.waiting[subj]; !ok {
+		r.order = append(r.order, subj)
+	}
+	r.waiting[subj] = append(r.waiting[subj], ch)
+	r.mu.Unlock()
+	select {
+	case res := <-ch:
+		return res.seq, res.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("last message of %s: %w", subj, ctx.Err())
+	}
+}
+
+// run sends the waiting lookups, up to lastSeqBatch at a time, until none is
+// left.
+func (r *lastSeqReader) run() {
+	for {
+		r.mu.Lock()
+		if len(r.order) == 0 {
+			r.running = false
+			r.mu.Unlock()
+			return
+		}
+		n := min(len(r.order), lastSeqBatch)
+		subjs := r.order[:n:n]
+		r.order = append([]string(nil), r.order[n:]...)
+		waiters := make([][]chan lastSeqResult, n)
+		for i, s := range subjs {
+			waiters[i] = r.waiting[s]
+			delete(r.waiting, s)
+		}
+		r.mu.Unlock()
+
+		seqs, err := r.read(subjs)
+		for i, s := range subjs {
+			res := lastSeqResult{seq: seqs[s], err: err}
+			for _, ch := range waiters[i] {
+				ch <- res
+			}
+		}
+	}
+}
+
+// read looks up the last sequences of subjs; a subject without messages is
+// absent from the result.
+func (r *lastSeqReader) read(subjs []string) (map[string]uint64, error) {
+	seqs := make(map[string]uint64, len(subjs))
+	for len(subjs) > 0 {
+		rest, err := r.readOnce(subjs, seqs)
+		if err != nil {
+			return nil, fmt.Errorf("last message of %d subjects: %w", len(subjs), err)
+		}
+		subjs = rest
+	}
+	return seqs, nil
+}
+
+// readOnce sends one request. The server may stop short of every subject
+// (its byte limit); it returns the subjects still to be asked for.
+func (r *lastSeqReader) readOnce(subjs []string, seqs map[string]uint64) ([]string, error) {
+	ctx, cancel := context.WithTimeout(r.b.bg, feedIOTimeout)
+	defer cancel()
+	it, err := jetstreamext.GetLastMsgsFor(ctx, r.b.js, subjects.Stream, subjs)
+	if err != nil {
+		return nil, err
+	}
+	got, pending := 0, uint64(0)
+	for m, err := range it {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			return nil, nil // none of subjs has a message
+		}
+		if err != nil {
+			return nil, err
+		}
+		seq, _ := streamSeqTime(m)
+		seqs[streamHeader(m.Header, jetstream.SubjectHeader)] = seq
+		got++
+		pending = numPending(m)
+	}
+	if got == 0 {
+		// A timeout ends the answer without an error (see History).
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return nil, errors.New("no reply")
+	}
+	if pending == 0 {
+		return nil, nil // the answer is complete: the subjects not in it have no message
+	}
+	var rest []string
+	for _, s := range subjs {
+		if _, ok := seqs[s]; !ok {
+			rest = append(rest, s)
+		}
+	}
+	if len(rest) == len(subjs) {
+		return nil, errors.New("answer ended early")
+	}
+	return rest, nil
+}
