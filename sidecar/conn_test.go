@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/sidecar"
 )
 
@@ -151,18 +150,7 @@ func TestFramesSentWithHandshake(t *testing.T) {
 // complete the close handshake, Close cuts their connections (reads run
 // without a context) and returns, leaving no goroutine behind.
 func TestCloseCutsConnections(t *testing.T) {
-	ns, err := bus.StartServer(bus.ServerConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, err := bus.Open(ctx, bus.Config{URL: ns.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close(context.Background()) })
+	b := openBus(t)
 	s, err := sidecar.New(sidecar.Config{Bus: b})
 	if err != nil {
 		t.Fatal(err)

@@ -29,7 +29,9 @@ type env struct {
 	http string // http://host:port
 }
 
-func newEnv(t *testing.T, cfg sidecar.Config) *env {
+// openBus starts an embedded NATS server and opens a Bus on it, both
+// closed when the test ends.
+func openBus(t *testing.T) *bus.Bus {
 	t.Helper()
 	ns, err := bus.StartServer(bus.ServerConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
@@ -43,6 +45,12 @@ func newEnv(t *testing.T, cfg sidecar.Config) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close(context.Background()) })
+	return b
+}
+
+func newEnv(t *testing.T, cfg sidecar.Config) *env {
+	t.Helper()
+	b := openBus(t)
 	cfg.Bus = b
 	s, err := sidecar.New(cfg)
 	if err != nil {
