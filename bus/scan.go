@@ -304,6 +304,7 @@ func (s *scanner) failLocked(err error) {
 	}
 	clear(s.active)
 	s.nactive = 0
+	clear(s.byEnd)
 	s.byEnd = s.byEnd[:0]
 	for _, r := range s.waiting {
 		r.err = err
@@ -355,6 +356,9 @@ func (s *scanner) run() {
 		var msgs []storedMsg
 		var err error
 		if pre != nil && pre.from == from {
+			// An empty answer speaks only of what the read asked for: the
+			// range may have grown since with events stored after it.
+			end = pre.end
 			msgs, err = pre.wait()
 		} else {
 			pre.wait()
@@ -378,6 +382,7 @@ func (s *scanner) run() {
 					s.finishLocked(r, err)
 				}
 			}
+			clear(s.byEnd)
 			s.byEnd = s.byEnd[:0]
 			s.mu.Unlock()
 			continue
@@ -386,7 +391,7 @@ func (s *scanner) run() {
 			s.routeLocked(m)
 		}
 		if len(msgs) == 0 {
-			s.cursor = end + 1 // nothing stored from `from` on
+			s.cursor = end + 1 // nothing stored in [from, end]: deleted
 		} else {
 			s.cursor = max(from, msgs[len(msgs)-1].seq) + 1
 		}
@@ -401,14 +406,14 @@ func (s *scanner) run() {
 
 // prefetch is a scan read running ahead of the pass.
 type prefetch struct {
-	from uint64
-	done chan struct{}
-	msgs []storedMsg
-	err  error
+	from, end uint64
+	done      chan struct{}
+	msgs      []storedMsg
+	err       error
 }
 
 func (s *scanner) prefetch(from, end uint64) *prefetch {
-	p := &prefetch{from: from, done: make(chan struct{})}
+	p := &prefetch{from: from, end: end, done: make(chan struct{})}
 	if !s.b.goBackground(func() {
 		defer close(p.done)
 		p.msgs, p.err = s.readBatch(from, end)
