@@ -9,8 +9,6 @@ func SetDirectReplays(b *Bus, n int) {
 }
 
 // ScanStats returns how many scan passes ran and how many messages they read.
-func ScanStats(b *Bus) (passes, scanned uint64) {
-	return b.scan.passes.Load(), b.scan.scanned.Load()
-}
+func ScanStats(b *Bus) (passes, scanned uint64) { return b.ScanPasses(), b.ScannedMessages() }
 
 const ScanMaxEvents = scanMaxEvents

@@ -193,6 +193,12 @@ func (b *Bus) seqAt(ctx context.Context, t time.Time) (uint64, error) {
 	return 0, fmt.Errorf("find the stream's position at %s: no reply from stream %s", t.UTC().Format(time.RFC3339Nano), subjects.Stream)
 }
 
+// ScanPasses counts the passes of shared replay scans so far.
+func (b *Bus) ScanPasses() uint64 { return b.scan.passes.Load() }
+
+// ScannedMessages counts the stream messages shared replay scans have read.
+func (b *Bus) ScannedMessages() uint64 { return b.scan.scanned.Load() }
+
 func (s *scanner) enterDirect() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -147,6 +150,25 @@ func TestReconnectStorm(t *testing.T) {
 		if !strings.Contains(p, " replays=1 ") {
 			joined++
 		}
+	}
+	// The same passes, as operators see them.
+	resp, err := http.Get("http://" + sc.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "threadbus_replay_scan_passes_total "); ok {
+			n, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if n < 1 {
+		t.Errorf("threadbus_replay_scan_passes_total is %v after the storm, want at least 1", n)
 	}
 	t.Logf("%d clients resumed at once during publishing: %d events replayed, %d live, all delivered after %v; %d scan passes (%d with more than one replay)",
 		nClients, replayed, live, took.Round(time.Millisecond), len(passes), joined)

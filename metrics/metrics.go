@@ -39,10 +39,19 @@ type Metrics struct {
 	DeliveryLatency prometheus.Histogram
 }
 
+// BusStats are the bus's own counters, read when the metrics are scraped.
+type BusStats interface {
+	// GapsRepaired counts live gaps filled from the stream.
+	GapsRepaired() uint64
+	// ScanPasses counts the passes of shared replay scans, and
+	// ScannedMessages the stream messages they read.
+	ScanPasses() uint64
+	ScannedMessages() uint64
+}
+
 // New creates the metrics and registers them, with the Go runtime and
-// process collectors, on reg. gapsRepaired reports the bus's count of live
-// gaps filled from the stream.
-func New(reg prometheus.Registerer, gapsRepaired func() float64) *Metrics {
+// process collectors and the bus's counters, on reg.
+func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 	m := &Metrics{
 		ConnectionsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "connections_open",
@@ -90,10 +99,9 @@ func New(reg prometheus.Registerer, gapsRepaired func() float64) *Metrics {
 	reg.MustRegister(
 		m.ConnectionsOpen, m.Binds, m.Switches, m.BindErrors, m.FramesIn,
 		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.BindDuration, m.DeliveryLatency,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: namespace, Name: "live_gaps_repaired_total",
-			Help: "Gaps on the live path (lost republished events) filled from the stream.",
-		}, gapsRepaired),
+		busCounter("live_gaps_repaired_total", "Gaps on the live path (lost republished events) filled from the stream.", bus.GapsRepaired),
+		busCounter("replay_scan_passes_total", "Passes of shared stream scans that served replays while many binds ran at once.", bus.ScanPasses),
+		busCounter("replay_scan_messages_total", "Stream messages read by shared replay scans.", bus.ScannedMessages),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -105,4 +113,9 @@ func New(reg prometheus.Registerer, gapsRepaired func() float64) *Metrics {
 	m.EventsDelivered.WithLabelValues(PathReplay)
 	m.EventsDropped.WithLabelValues(ReasonSlowConsumer)
 	return m
+}
+
+func busCounter(name, help string, read func() uint64) prometheus.CounterFunc {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
+		func() float64 { return float64(read()) })
 }

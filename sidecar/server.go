@@ -62,7 +62,7 @@ func New(cfg Config) (*Server, error) {
 		connMsgs: make(chan *nats.Msg, connMsgQueue),
 		stopped:  make(chan struct{}),
 	}
-	s.metrics = metrics.New(cfg.Registry, func() float64 { return float64(cfg.Bus.GapsRepaired()) })
+	s.metrics = metrics.New(cfg.Registry, cfg.Bus)
 	s.dispatch.Go(s.dispatchConnMsgs)
 	return s, nil
 }

@@ -215,6 +215,8 @@ func TestMetrics(t *testing.T) {
 		`threadbus_delivery_latency_seconds_count 3`,
 		`threadbus_bind_duration_seconds_count 2`,
 		`threadbus_live_gaps_repaired_total 0`,
+		`threadbus_replay_scan_passes_total 0`,
+		`threadbus_replay_scan_messages_total 0`,
 		`threadbus_events_dropped_total{reason="slow_consumer"} 0`,
 	}
 	var body string
