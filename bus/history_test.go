@@ -41,6 +41,18 @@ func publishInterleaved(t *testing.T, e *testEnv, tid, other string, n int) []st
 	return out
 }
 
+// storedSince returns the events stored at or after at, judged by the
+// timestamps History read (all), of which events are the published bodies.
+func storedSince(all []yielded, events []stored, at time.Time) []stored {
+	var want []stored
+	for i, y := range all {
+		if !y.ev.Time.Before(at) {
+			want = append(want, events[i])
+		}
+	}
+	return want
+}
+
 type yielded struct {
 	ev      bus.Event
 	pending uint64
@@ -120,12 +132,7 @@ func TestHistoryInterleaved(t *testing.T) {
 	// test flaky.
 	for _, k := range []int{0, 1, 17, 29} {
 		at := all[k].ev.Time
-		var want []stored
-		for i, y := range all {
-			if !y.ev.Time.Before(at) {
-				want = append(want, events[i])
-			}
-		}
+		want := storedSince(all, events, at)
 		if k > 0 && len(want) != len(all)-k && !all[k-1].ev.Time.Equal(at) {
 			t.Fatalf("time %v: %d events at or after it, want %d", at, len(want), len(all)-k)
 		}

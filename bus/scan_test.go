@@ -202,12 +202,7 @@ func TestReplayScanTime(t *testing.T) {
 	through := events[len(events)-1].seq
 	for _, k := range []int{0, 1, 17, 29} {
 		at := all[k].ev.Time
-		var want []stored
-		for i, y := range all {
-			if !y.ev.Time.Before(at) {
-				want = append(want, events[i])
-			}
-		}
+		want := storedSince(all, events, at)
 		r := replay(testCtx(t), e.bus, "timed", bus.Start{Time: at}, through)
 		checkReplay(t, fmt.Sprintf("at time of event %d", k), "timed", r, want)
 	}
