@@ -48,11 +48,9 @@ func bindingsLsCommand() *cli.Command {
 }
 
 func bindingsLs(c *cli.Context, _ []string) error {
-	tid := c.String("thread")
-	if c.IsSet("thread") {
-		if err := subjects.ValidateThreadID(tid); err != nil {
-			return err
-		}
+	tid, err := threadFlag(c)
+	if err != nil {
+		return err
 	}
 	conn, err := connectNATS(c)
 	if err != nil {
@@ -114,11 +112,9 @@ type watchLine struct {
 }
 
 func bindingsWatch(c *cli.Context, _ []string) error {
-	tid := c.String("thread")
-	if c.IsSet("thread") {
-		if err := subjects.ValidateThreadID(tid); err != nil {
-			return err
-		}
+	tid, err := threadFlag(c)
+	if err != nil {
+		return err
 	}
 	conn, err := connectNATS(c)
 	if err != nil {
@@ -204,4 +200,15 @@ func writeJSONLines[T any](w io.Writer, vs []T) error {
 		}
 	}
 	return nil
+}
+
+// threadFlag returns --thread, validated when given ("" when not).
+func threadFlag(c *cli.Context) (string, error) {
+	tid := c.String("thread")
+	if c.IsSet("thread") {
+		if err := subjects.ValidateThreadID(tid); err != nil {
+			return "", err
+		}
+	}
+	return tid, nil
 }
