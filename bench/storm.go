@@ -40,6 +40,25 @@ func (p stormPhase) perConnRSS(u usage, conns int) float64 {
 	return (float64(u.RSS) - float64(p.base.RSS)) / float64(conns)
 }
 
+// wrapUp ends a storm's measurement, the same way for both sides: its CPU
+// and progress line, its time (to the last complete replay, or to now when
+// some never completed), then memory once the connections have idled.
+func (p *stormPhase) wrapUp(ctx context.Context, e *env, t *target, m *meter, stop func(), done *tally, base time.Time, start time.Duration, what string) error {
+	p.cpu = m.stop(ctx)
+	stop()
+	if end, ok := done.finishedAt(); ok {
+		p.storm = end - start
+	} else {
+		p.storm = time.Since(base) - start
+	}
+	if err := idle(ctx, e, what); err != nil {
+		return err
+	}
+	var err error
+	p.bound, p.mBound, err = settled(ctx, t)
+	return err
+}
+
 // runStorm stores Events events in each of conns threads, opens conns
 // unbound connections, and then has every connection bind its own thread,
 // replaying from the start, at once. The baseline does the same with nats.go
@@ -235,17 +254,7 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 		return p, fmt.Errorf("bind requests: %w", err)
 	}
 	waitErr := waitFor(ctx, e.cfg.WaitTimeout, done, int64(conns))
-	p.cpu = m.stop(ctx)
-	stop()
-	if end, ok := done.finishedAt(); ok {
-		p.storm = end - start
-	} else {
-		p.storm = time.Since(base) - start
-	}
-	if err := idle(ctx, e, "storm"); err != nil {
-		return p, err
-	}
-	if p.bound, p.mBound, err = settled(ctx, t); err != nil {
+	if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, "storm"); err != nil {
 		return p, err
 	}
 	fl.close()
@@ -321,17 +330,7 @@ func stormNATS(ctx context.Context, e *env, t *target, conns int) (stormPhase, e
 		}
 	})
 	cancel()
-	p.cpu = m.stop(ctx)
-	stop()
-	if end, ok := done.finishedAt(); ok {
-		p.storm = end - start
-	} else {
-		p.storm = time.Since(base) - start
-	}
-	if err := idle(ctx, e, "storm baseline"); err != nil {
-		return p, err
-	}
-	if p.bound, p.mBound, err = settled(ctx, t); err != nil {
+	if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, "storm baseline"); err != nil {
 		return p, err
 	}
 	fl.close()
