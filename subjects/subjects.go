@@ -16,6 +16,7 @@ const (
 	connInT    = "conn.%s.in"    // client frames of unbound connections; not stored
 	connOutT   = "conn.%s.out"   // a frame for one connection; not stored
 	connBindT  = "conn.%s.bind"  // request: bind the connection to a thread
+	connCloseT = "conn.%s.close" // request: close the connection
 	connAllT   = "conn.%s.*"     // everything addressed to one connection
 	liveT      = "threadbus.live.%s"
 )
@@ -36,9 +37,20 @@ const (
 
 // Kinds of message addressed to a connection (the last token of conn.<cid>.*).
 const (
-	ConnKindIn   = "in"
-	ConnKindOut  = "out"
-	ConnKindBind = "bind"
+	ConnKindIn    = "in"
+	ConnKindOut   = "out"
+	ConnKindBind  = "bind"
+	ConnKindClose = "close"
+)
+
+// Authorization subjects of contract v2.
+const (
+	// AuthzBind is where a sidecar asks the backend (a NATS request, usually
+	// answered by a queue group) whether a user may bind a thread.
+	AuthzBind = "threadbus.authz.bind"
+	// AuthzRevoke carries {"user":U,"thread_id":T}: every sidecar forgets
+	// the matching allowed pairs and unbinds the matching connections.
+	AuthzRevoke = "threadbus.authz.revoke"
 )
 
 // ThreadOut returns thread.<tid>.out.
@@ -55,6 +67,9 @@ func ConnOut(cid string) (string, error) { return build(connOutT, "connection", 
 
 // ConnBind returns conn.<cid>.bind.
 func ConnBind(cid string) (string, error) { return build(connBindT, "connection", cid) }
+
+// ConnClose returns conn.<cid>.close.
+func ConnClose(cid string) (string, error) { return build(connCloseT, "connection", cid) }
 
 // ConnAll returns conn.<cid>.*, which matches ConnOut, ConnBind and ConnIn.
 func ConnAll(cid string) (string, error) { return build(connAllT, "connection", cid) }
