@@ -44,7 +44,7 @@ type Request struct {
 type Decision struct {
 	Allow bool
 	// TTL is how long an allowed pair may be cached; zero means the cache's
-	// default.
+	// default, a negative value not at all (a reply's "ttl_s" of 0 or less).
 	TTL time.Duration
 	// Code and Message explain a denial; Code is "thread_forbidden" when
 	// the hook gave none.

@@ -12,6 +12,8 @@ var (
 	ErrTokenExpired = errors.New("token expired")
 	// ErrUnavailable: the authorization hook gave no usable answer.
 	ErrUnavailable = errors.New("authorization unavailable")
+	// ErrInvalidRevoke: a revocation message is not the contract's JSON.
+	ErrInvalidRevoke = errors.New("invalid revocation")
 )
 
 // Client-facing codes of the contract (error frames and close reasons).
