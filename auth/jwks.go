@@ -83,18 +83,18 @@ func (k *jwksKeys) close() {
 	k.wg.Wait()
 }
 
-// key finds the token's kid in the set, fetching the set again (at most once
-// per JWKSUnknownKIDInterval) when the kid is unknown, and checks that the
-// token's alg suits the key.
+// key finds the token's kid in the set, fetching the set again when the kid
+// is unknown (see refreshFor), and checks that the token's alg suits the
+// key.
 func (k *jwksKeys) key(ctx context.Context, t *jwt.Token) (any, error) {
 	kid, ok := t.Header["kid"].(string)
 	if !ok || kid == "" {
 		return nil, errors.New("no kid in the token header")
 	}
 	jwk, err := k.store.KeyRead(ctx, kid)
-	if errors.Is(err, jwkset.ErrKeyNotFound) && k.unknown.Allow() {
-		if err = k.refresh(ctx); err != nil {
-			return nil, fmt.Errorf("kid not in the JWK Set, and fetching it again failed: %w", err)
+	if errors.Is(err, jwkset.ErrKeyNotFound) {
+		if err := k.refreshFor(ctx, kid); err != nil {
+			return nil, fmt.Errorf("kid not in the JWK Set: %w", err)
 		}
 		jwk, err = k.store.KeyRead(ctx, kid)
 	}
@@ -119,30 +119,73 @@ func (k *jwksKeys) key(ctx context.Context, t *jwt.Token) (any, error) {
 	return jwk.Key(), nil
 }
 
-// refresh fetches the set, or waits for a fetch already under way. The fetch
-// runs under the verifier's lifetime, not ctx: a caller that gives up does
-// not fail the others.
-func (k *jwksKeys) refresh(ctx context.Context) error {
+var errRefreshLimited = errors.New("the set was fetched for an unknown kid less than the unknown-kid interval ago")
+
+// refreshFor fetches the set again for a token whose kid is unknown. A
+// fetch under way is joined, whatever its cause: after a key rotation, the
+// storm of reconnecting clients with the new kid all wait for one fetch.
+// Otherwise a new fetch starts only if the rate limit allows, so made-up
+// kids cannot make the verifier hammer the endpoint.
+func (k *jwksKeys) refreshFor(ctx context.Context, kid string) error {
 	k.mu.Lock()
-	if k.ctx.Err() != nil {
-		k.mu.Unlock()
-		return errors.New("verifier closed")
-	}
 	c := k.inflight
 	if c == nil {
-		c = &fetchCall{done: make(chan struct{})}
-		k.inflight = c
-		k.wg.Add(1)
-		go func() {
-			defer k.wg.Done()
-			c.err = k.fetch(k.ctx)
-			k.mu.Lock()
-			k.inflight = nil
+		// A fetch may have ended since the caller looked.
+		if _, err := k.store.KeyRead(ctx, kid); err == nil {
 			k.mu.Unlock()
-			close(c.done)
-		}()
+			return nil
+		}
+		if !k.unknown.Allow() {
+			k.mu.Unlock()
+			return errRefreshLimited
+		}
+		var err error
+		if c, err = k.startLocked(); err != nil {
+			k.mu.Unlock()
+			return err
+		}
 	}
 	k.mu.Unlock()
+	return c.wait(ctx)
+}
+
+// refresh fetches the set, or joins a fetch under way.
+func (k *jwksKeys) refresh(ctx context.Context) error {
+	k.mu.Lock()
+	c := k.inflight
+	if c == nil {
+		var err error
+		if c, err = k.startLocked(); err != nil {
+			k.mu.Unlock()
+			return err
+		}
+	}
+	k.mu.Unlock()
+	return c.wait(ctx)
+}
+
+// startLocked starts a fetch, with k.mu held. The fetch runs under the
+// verifier's lifetime, not a caller's ctx: a caller that gives up does not
+// fail the others.
+func (k *jwksKeys) startLocked() (*fetchCall, error) {
+	if k.ctx.Err() != nil {
+		return nil, errors.New("verifier closed")
+	}
+	c := &fetchCall{done: make(chan struct{})}
+	k.inflight = c
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		c.err = k.fetch(k.ctx)
+		k.mu.Lock()
+		k.inflight = nil
+		k.mu.Unlock()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+func (c *fetchCall) wait(ctx context.Context) error {
 	select {
 	case <-c.done:
 		return c.err

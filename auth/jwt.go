@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -184,12 +185,17 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 	}
 	claims := jwt.MapClaims{}
 	keyErr := error(nil)
-	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+	parsed, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
 		k, err := v.keys.key(ctx, t)
 		keyErr = err
 		return k, err
 	})
 	if err != nil {
+		if errors.Is(err, jwt.ErrTokenSignatureInvalid) && parsed != nil && parsed.Method != nil &&
+			!slices.Contains(v.keys.methods(), parsed.Method.Alg()) {
+			// A registered algorithm's name: safe to quote.
+			return Identity{}, fmt.Errorf("verify token: %w: algorithm %s not allowed for the key", ErrInvalidToken, parsed.Method.Alg())
+		}
 		return Identity{}, verifyError(err, keyErr)
 	}
 	user, err := userOf(claims, v.cfg.UserClaim)
@@ -223,7 +229,7 @@ func verifyError(err, keyErr error) error {
 	}{
 		{jwt.ErrTokenMalformed, "malformed"},
 		{jwt.ErrTokenUnverifiable, "unknown signing algorithm"},
-		{jwt.ErrTokenSignatureInvalid, "bad signature or algorithm not allowed for the key"},
+		{jwt.ErrTokenSignatureInvalid, "bad signature"},
 		{jwt.ErrTokenRequiredClaimMissing, "missing a required claim (exp, iss or aud)"},
 		{jwt.ErrTokenInvalidIssuer, "wrong issuer"},
 		{jwt.ErrTokenInvalidAudience, "wrong audience"},
