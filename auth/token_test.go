@@ -61,7 +61,7 @@ func TestTokenFromRequest(t *testing.T) {
 		{"empty bearer", "Bearer ", []string{"jwt." + b64(tok)}, "", "", "", false, auth.ErrInvalidToken},
 		{"bearer with a space inside", "Bearer " + tok + " x", nil, "", "", "", false, auth.ErrInvalidToken},
 		{"malformed base64", "", []string{"jwt-auth, jwt.***"}, "", "", "", false, auth.ErrInvalidToken},
-		{"standard base64 alphabet", "", []string{"jwt." + base64.StdEncoding.EncodeToString([]byte("\xfb\xff" + tok))}, "", "", "", false, auth.ErrInvalidToken},
+		{"standard base64 alphabet", "", []string{"jwt." + base64.StdEncoding.EncodeToString([]byte("\xfb\xff"+tok))}, "", "", "", false, auth.ErrInvalidToken},
 		{"empty subprotocol token", "", []string{"jwt."}, "", "", "", false, auth.ErrInvalidToken},
 		{"subprotocol holds a non-JWT byte", "", []string{"jwt." + b64(tok+"\n")}, "", "", "", false, auth.ErrInvalidToken},
 		{"query holds a non-JWT byte", "", nil, "access_token=" + url.QueryEscape(tok+" "), "access_token", "", false, auth.ErrInvalidToken},
