@@ -5,6 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -256,5 +259,36 @@ func TestMintHS256(t *testing.T) {
 		if _, err := auth.MintHS256(bad.secret, bad.user, bad.ttl, nil, testNow); err == nil {
 			t.Errorf("MintHS256(%q, %q, %v) succeeded; want an error", bad.secret, bad.user, bad.ttl)
 		}
+	}
+}
+
+func TestReadSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct{ content, want string }{
+		{"s3cret\n", "s3cret"},
+		{"s3cret\r\n", "s3cret"},
+		{"s3cret", "s3cret"},
+		{"s3cret\n\n", "s3cret\n"},
+		{" s3cret ", " s3cret "},
+		{"\n", ""},
+	}
+	for i, tt := range tests {
+		path := filepath.Join(dir, fmt.Sprint(i))
+		if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := auth.ReadSecretFile(path)
+		if tt.want == "" {
+			if err == nil {
+				t.Errorf("ReadSecretFile(%q) = %q; want an error", tt.content, got)
+			}
+			continue
+		}
+		if err != nil || string(got) != tt.want {
+			t.Errorf("ReadSecretFile(%q) = %q, %v; want %q", tt.content, got, err, tt.want)
+		}
+	}
+	if _, err := auth.ReadSecretFile(filepath.Join(dir, "missing")); err == nil {
+		t.Error("ReadSecretFile(missing) succeeded")
 	}
 }

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -10,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -50,6 +52,22 @@ func methodsFor(key any) ([]string, error) {
 type staticKey struct {
 	k    any
 	algs []string
+}
+
+// ReadSecretFile reads an HMAC secret from a file, without the one trailing
+// newline ("\n" or "\r\n") an editor or echo adds. Every other byte is the
+// secret's.
+func ReadSecretFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read secret: %w", err)
+	}
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	b = bytes.TrimSuffix(b, []byte("\r"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("read secret: %s is empty", path)
+	}
+	return b, nil
 }
 
 func newHMACKey(secret []byte) (*staticKey, error) {

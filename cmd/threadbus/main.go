@@ -35,6 +35,7 @@ func run(ctx context.Context, args []string) error {
 			publishCommand(),
 			bindCommand(),
 			benchCommand(),
+			tokenCommand(),
 		},
 		EnableBashCompletion: true,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
