@@ -54,7 +54,7 @@ var (
 	keys     testKeys
 )
 
-func getKeys(t *testing.T) testKeys {
+func getKeys(t testing.TB) testKeys {
 	t.Helper()
 	keysOnce.Do(func() {
 		var err error
@@ -81,7 +81,7 @@ func getKeys(t *testing.T) testKeys {
 }
 
 // pemPublic encodes pub as a PKIX "PUBLIC KEY" PEM block.
-func pemPublic(t *testing.T, pub any) []byte {
+func pemPublic(t testing.TB, pub any) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -102,7 +102,7 @@ func claimsAt(now time.Time) jwt.MapClaims {
 }
 
 // sign signs claims with method and key, with header kid when not empty.
-func sign(t *testing.T, method jwt.SigningMethod, key any, claims jwt.MapClaims, kid string) string {
+func sign(t testing.TB, method jwt.SigningMethod, key any, claims jwt.MapClaims, kid string) string {
 	t.Helper()
 	tok := jwt.NewWithClaims(method, claims)
 	if kid != "" {
