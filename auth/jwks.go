@@ -119,6 +119,8 @@ func (k *jwksKeys) key(ctx context.Context, t *jwt.Token) (any, error) {
 	return jwk.Key(), nil
 }
 
+var errClosed = errors.New("verifier closed")
+
 var errRefreshLimited = errors.New("the set was fetched for an unknown kid less than the unknown-kid interval ago")
 
 // refreshFor fetches the set again for a token whose kid is unknown. A
@@ -128,6 +130,10 @@ var errRefreshLimited = errors.New("the set was fetched for an unknown kid less 
 // kids cannot make the verifier hammer the endpoint.
 func (k *jwksKeys) refreshFor(ctx context.Context, kid string) error {
 	k.mu.Lock()
+	if k.ctx.Err() != nil {
+		k.mu.Unlock()
+		return errClosed
+	}
 	c := k.inflight
 	if c == nil {
 		// A fetch may have ended since the caller looked.
@@ -169,7 +175,7 @@ func (k *jwksKeys) refresh(ctx context.Context) error {
 // fail the others.
 func (k *jwksKeys) startLocked() (*fetchCall, error) {
 	if k.ctx.Err() != nil {
-		return nil, errors.New("verifier closed")
+		return nil, errClosed
 	}
 	c := &fetchCall{done: make(chan struct{})}
 	k.inflight = c

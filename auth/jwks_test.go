@@ -194,26 +194,42 @@ func TestJWKSKeyChecks(t *testing.T) {
 	}
 }
 
-// TestJWKSClose: Close is idempotent, waits for the refresh goroutine
-// (goleak checks), and a verifier closed does not fetch any more.
+// TestJWKSClose: Close is idempotent and waits for the refresh goroutine,
+// even while it fetches (goleak checks), and a verifier closed does not
+// fetch any more.
 func TestJWKSClose(t *testing.T) {
 	k := getKeys(t)
 	s := newJWKSServer(t)
 	s.serve(t, jwkEntry{"A", "RS256", &k.rsa.PublicKey})
-	v, err := auth.NewJWTVerifier(context.Background(), auth.JWTConfig{JWKSURL: s.URL, JWKSRefreshInterval: time.Millisecond, JWKSUnknownKIDInterval: time.Millisecond})
+	busy, err := auth.NewJWTVerifier(context.Background(), auth.JWTConfig{JWKSURL: s.URL, JWKSRefreshInterval: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a scheduled fetch", func() bool { return s.fetches.Load() >= 3 })
-	v.Close()
-	v.Close()
-	n := s.fetches.Load()
-	_, err = v.Verify(context.Background(), sign(t, jwt.SigningMethodRS256, k.rsa, claimsAt(testNow), "unknown"))
-	if !errors.Is(err, auth.ErrInvalidToken) {
-		t.Fatalf("Verify after Close: %v; want ErrInvalidToken", err)
+	waitFor(t, "scheduled fetches", func() bool { return s.fetches.Load() >= 3 })
+	busy.Close()
+	busy.Close()
+
+	// A quiet verifier, so that no fetch is under way when it closes: the
+	// server could count a cancelled one after Close returns.
+	quiet, err := auth.NewJWTVerifier(context.Background(), auth.JWTConfig{JWKSURL: s.URL, JWKSUnknownKIDInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := s.fetches.Load(); got != n {
-		t.Fatalf("%d fetches after Close; want none", got-n)
+	tok := sign(t, jwt.SigningMethodRS256, k.rsa, claimsAt(testNow), "unknown")
+	n := s.fetches.Load()
+	if _, err := quiet.Verify(context.Background(), tok); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("Verify(unknown kid): %v; want ErrInvalidToken", err)
+	}
+	if got := s.fetches.Load(); got != n+1 {
+		t.Fatalf("%d fetches for an unknown kid; want 1", got-n)
+	}
+	quiet.Close()
+	quiet.Close()
+	if _, err := quiet.Verify(context.Background(), tok); !errors.Is(err, auth.ErrInvalidToken) || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("Verify(unknown kid) after Close: %v; want ErrInvalidToken saying the verifier is closed", err)
+	}
+	if got := s.fetches.Load(); got != n+1 {
+		t.Fatalf("%d fetches after Close; want none", got-n-1)
 	}
 }
 

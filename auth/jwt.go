@@ -184,7 +184,7 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 		return Identity{}, fmt.Errorf("verify token: %w", ErrNoToken)
 	}
 	claims := jwt.MapClaims{}
-	keyErr := error(nil)
+	var keyErr error
 	parsed, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
 		k, err := v.keys.key(ctx, t)
 		keyErr = err
