@@ -57,3 +57,12 @@ type Decision struct {
 type Authorizer interface {
 	Authorize(ctx context.Context, req Request) (Decision, error)
 }
+
+// AuthorizerFunc is an Authorizer made of a function, as http.HandlerFunc
+// is a Handler.
+type AuthorizerFunc func(ctx context.Context, req Request) (Decision, error)
+
+// Authorize calls f.
+func (f AuthorizerFunc) Authorize(ctx context.Context, req Request) (Decision, error) {
+	return f(ctx, req)
+}
