@@ -135,22 +135,34 @@ func (c *Cache) Authorize(ctx context.Context, req Request) (Decision, error) {
 	c.mu.Unlock()
 
 	stop := context.AfterFunc(ctx, func() { c.leave(call) })
+	defer stop()
+	defer cancel()
 	c.hookCalls.Add(1)
+	ended := false
+	defer func() {
+		if !ended { // the wrapped Authorizer panicked: free those who wait
+			c.finish(call, Decision{}, fmt.Errorf("authorize: %w: the hook panicked", ErrUnavailable))
+		}
+	}()
 	dec, err := c.next.Authorize(callCtx, req)
-	stop()
-	cancel()
+	ended = true
+	c.finish(call, dec, err)
+	return dec, err
+}
 
+// finish ends call with its result, keeping an allowed pair unless revoked
+// meanwhile, and wakes those who wait for it.
+func (c *Cache) finish(call *authzCall, dec Decision, err error) {
 	c.mu.Lock()
-	if c.calls[key] == call {
-		delete(c.calls, key)
+	if c.calls[call.key] == call {
+		delete(c.calls, call.key)
 	}
 	if err == nil && dec.Allow && !call.revoked {
-		c.store(key, dec.TTL)
+		c.store(call.key, dec.TTL)
 	}
 	call.dec, call.err = dec, err
 	c.mu.Unlock()
 	close(call.done)
-	return dec, err
 }
 
 // leave drops one waiter of call. When none is left the call is cancelled,

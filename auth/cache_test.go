@@ -333,3 +333,32 @@ func TestCacheOverNATS(t *testing.T) {
 		t.Fatalf("the backend was asked %d times; want 1", n)
 	}
 }
+
+// TestCacheHookPanics: a panic in the wrapped Authorizer reaches the
+// request that made the call; those sharing it get an error, not a hang.
+func TestCacheHookPanics(t *testing.T) {
+	gate := make(chan struct{})
+	c := auth.NewCache(auth.AuthorizerFunc(func(context.Context, auth.Request) (auth.Decision, error) {
+		<-gate
+		panic("hook bug")
+	}), time.Hour)
+	joined := make(chan error, 1)
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = c.Authorize(context.Background(), req("u", "t"))
+	}()
+	waitFor(t, "the call", func() bool { return c.Stats().HookCalls == 1 })
+	go func() {
+		_, err := c.Authorize(context.Background(), req("u", "t"))
+		joined <- err
+	}()
+	waitFor(t, "a request to join", func() bool { return c.Stats().Misses == 2 })
+	close(gate)
+	if p := <-panicked; p != "hook bug" {
+		t.Fatalf("recovered %v; want the hook's panic", p)
+	}
+	if err := <-joined; !errors.Is(err, auth.ErrUnavailable) {
+		t.Fatalf("the joined request: %v; want ErrUnavailable", err)
+	}
+}
