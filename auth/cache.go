@@ -102,6 +102,12 @@ func (c *Cache) Stats() CacheStats {
 	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), HookCalls: c.hookCalls.Load(), Entries: n}
 }
 
+// CacheCounts returns Stats' counters, for the metrics package.
+func (c *Cache) CacheCounts() (hits, misses, hookCalls uint64) {
+	s := c.Stats()
+	return s.Hits, s.Misses, s.HookCalls
+}
+
 // Authorize answers from the cache, or joins the call under way for the
 // pair, or calls the wrapped Authorizer. A request that gives up (ctx done)
 // while sharing a call leaves it running for the others; the call is

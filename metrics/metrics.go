@@ -23,6 +23,18 @@ const (
 	FramePing    = "ping"    // answered locally
 	FrameSwitch  = "switch"  // switch_thread
 	FrameInvalid = "invalid" // answered with an error frame
+
+	AuthzAllow       = "allow"       // the hook (or the cache) allowed the bind
+	AuthzDeny        = "deny"        // the hook denied it
+	AuthzUnavailable = "unavailable" // no usable answer: denied (fail closed)
+	AuthzRevoked     = "revoked"     // a binding ended by threadbus.authz.revoke
+)
+
+// Codes of AuthRefused: the contract's close-code words.
+const (
+	RefusedUnauthorized    = "unauthorized"
+	RefusedTokenExpired    = "token_expired"
+	RefusedConnectionLimit = "connection_limit"
 )
 
 // Metrics are the sidecar's metrics.
@@ -35,6 +47,8 @@ type Metrics struct {
 	EventsDelivered *prometheus.CounterVec // by path
 	EventsDropped   *prometheus.CounterVec // by reason
 	PublishErrors   prometheus.Counter
+	AuthRefused     *prometheus.CounterVec // connections refused or closed by auth, by code
+	AuthzDecisions  *prometheus.CounterVec // authorization of client binds, by result
 	BindDuration    prometheus.Histogram
 	DeliveryLatency prometheus.Histogram
 }
@@ -85,6 +99,14 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 			Namespace: namespace, Name: "jetstream_publish_errors_total",
 			Help: "Client frames JetStream did not acknowledge (reported to the client).",
 		}),
+		AuthRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "auth_refused_total",
+			Help: "Connections refused at the handshake or closed later by authentication, by code: unauthorized, token_expired, connection_limit.",
+		}, []string{"code"}),
+		AuthzDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "authz_decisions_total",
+			Help: "Authorization of binds a client caused, by result: allow, deny, unavailable; revoked counts bindings ended by revocation.",
+		}, []string{"result"}),
 		BindDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "bind_duration_seconds",
 			Help:    "Time from a bind request to the end of its replay.",
@@ -98,7 +120,8 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 	}
 	reg.MustRegister(
 		m.ConnectionsOpen, m.Binds, m.Switches, m.BindErrors, m.FramesIn,
-		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.BindDuration, m.DeliveryLatency,
+		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.AuthRefused, m.AuthzDecisions,
+		m.BindDuration, m.DeliveryLatency,
 		busCounter("live_gaps_repaired_total", "Gaps on the live path (lost republished events) filled from the stream.", bus.GapsRepaired),
 		busCounter("replay_scan_passes_total", "Passes of shared stream scans that served replays while many binds ran at once.", bus.ScanPasses),
 		busCounter("replay_scan_messages_total", "Stream messages read by shared replay scans.", bus.ScannedMessages),
@@ -112,7 +135,33 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 	m.EventsDelivered.WithLabelValues(PathLive)
 	m.EventsDelivered.WithLabelValues(PathReplay)
 	m.EventsDropped.WithLabelValues(ReasonSlowConsumer)
+	for _, c := range []string{RefusedUnauthorized, RefusedTokenExpired, RefusedConnectionLimit} {
+		m.AuthRefused.WithLabelValues(c)
+	}
+	for _, r := range []string{AuthzAllow, AuthzDeny, AuthzUnavailable, AuthzRevoked} {
+		m.AuthzDecisions.WithLabelValues(r)
+	}
 	return m
+}
+
+// AuthzCacheStats are the authorization cache's counters.
+type AuthzCacheStats interface {
+	CacheCounts() (hits, misses, hookCalls uint64)
+}
+
+// RegisterAuthzCache registers the authorization cache's counters on reg.
+func RegisterAuthzCache(reg prometheus.Registerer, c AuthzCacheStats) {
+	read := func(i int) func() uint64 {
+		return func() uint64 {
+			h, m, n := c.CacheCounts()
+			return [3]uint64{h, m, n}[i]
+		}
+	}
+	reg.MustRegister(
+		busCounter("authz_cache_hits_total", "Client binds authorized from the cache of allowed (user, thread) pairs.", read(0)),
+		busCounter("authz_cache_misses_total", "Client binds the cache could not answer: they made or joined a hook call.", read(1)),
+		busCounter("authz_hook_calls_total", "Calls of the authorization hook.", read(2)),
+	)
 }
 
 func busCounter(name, help string, read func() uint64) prometheus.CounterFunc {

@@ -84,6 +84,9 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	}
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.BindTimeout)
 	defer cancel()
+	if err := c.authorize(ctx, tid, via); err != nil {
+		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
+	}
 	start, recovered, err := c.replayStart(ctx, since, epoch)
 	if err != nil {
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
@@ -119,7 +122,7 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	// Registry: the new entry first, then the old one's removal, so that a
 	// watcher sees a switch rather than an unbind and a bind.
 	c.s.bus.PutBinding(bus.Binding{
-		ConnectionID: c.id, ThreadID: tid, SidecarID: c.s.cfg.SidecarID,
+		ConnectionID: c.id, ThreadID: tid, SidecarID: c.s.cfg.SidecarID, User: c.user,
 		RemoteAddr: c.remote, BoundAt: began.UTC(), ReplayFrom: start.String(),
 	})
 	if old != nil && old.tid != tid {
@@ -249,20 +252,9 @@ type bindError struct {
 // backendBind serves a conn.<cid>.bind request on its own goroutine, so the
 // dispatcher never waits for a replay.
 func (c *conn) backendBind(msg *nats.Msg) {
-	c.mu.Lock()
-	dead := c.dead
-	if !dead {
-		c.wg.Add(1)
-	}
-	c.mu.Unlock()
-	if dead {
+	if !c.async(func() { respond(msg, c.serveBindRequest(msg.Data)) }) {
 		respond(msg, bindReply{Error: &bindError{Code: frame.CodeBindFailed, Message: ErrConnClosed.Error()}})
-		return
 	}
-	go func() {
-		defer c.wg.Done()
-		respond(msg, c.serveBindRequest(msg.Data))
-	}()
 }
 
 func (c *conn) serveBindRequest(data []byte) bindReply {
@@ -276,7 +268,7 @@ func (c *conn) serveBindRequest(data []byte) bindReply {
 	}
 	c.bindMu.Lock()
 	defer c.bindMu.Unlock()
-	b, err := c.bind(req.ThreadID, since, req.Epoch, "backend")
+	b, err := c.bind(req.ThreadID, since, req.Epoch, viaBackend)
 	if err != nil {
 		// The backend's mistakes are answered to the backend; the client
 		// hears of a failure only when it left the connection unbound.

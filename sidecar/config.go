@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/threadbus/threadbus/auth"
 	"github.com/threadbus/threadbus/bus"
 )
 
@@ -45,6 +46,26 @@ type Config struct {
 	// OriginPatterns are the browser origins allowed besides the sidecar's
 	// own host (see websocket.AcceptOptions). By default, none.
 	OriginPatterns []string
+	// Verifier authenticates every WebSocket handshake; a connection whose
+	// token it refuses gets an error frame and close 4401 (4001 when
+	// expired). By default (nil), connections are anonymous.
+	Verifier auth.Verifier
+	// TokenQueryParam is the name of a query parameter that may carry the
+	// token when no header does. By default (""), tokens in URLs are
+	// ignored: query strings end up in access logs.
+	TokenQueryParam string
+	// TokenLeeway is added to a token's expiry before its connection is
+	// closed with 4001; it should be the Verifier's leeway. By default, 0.
+	TokenLeeway time.Duration
+	// MaxConnsPerUser caps the connections one user has open on this
+	// sidecar; the next is closed with 4429. By default (0), no cap.
+	MaxConnsPerUser int
+	// Authorizer is asked before every bind a client causes (?thread_id,
+	// switch_thread, a frame naming another thread); binds the backend
+	// requests on conn.<cid>.bind are trusted. With an Authorizer the
+	// sidecar also obeys threadbus.authz.revoke. By default (nil), every
+	// bind is allowed.
+	Authorizer auth.Authorizer
 	// Logger receives the sidecar's logs. By default, slog.Default().
 	Logger *slog.Logger
 	// Registry receives the sidecar's metrics and is served on /metrics.
@@ -76,6 +97,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.BindTimeout <= 0 {
 		c.BindTimeout = DefaultBindTimeout
+	}
+	if c.MaxConnsPerUser < 0 || c.TokenLeeway < 0 {
+		return c, errors.New("sidecar: negative MaxConnsPerUser or TokenLeeway")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

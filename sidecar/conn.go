@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/threadbus/threadbus/auth"
 	"github.com/threadbus/threadbus/frame"
 	"github.com/threadbus/threadbus/metrics"
 	"github.com/threadbus/threadbus/subjects"
@@ -36,6 +37,9 @@ type conn struct {
 	openedAt time.Time
 	remote   string
 	sub      *nats.Subscription // conn.<cid>.*
+	user     string             // the verified user; "" without authentication
+	claims   map[string]any     // the token's claims, kept only for an Authorizer
+	expiry   *time.Timer        // closes the connection when its token expires
 
 	// bindMu serialises binding changes and inbound publishes, so that they
 	// happen in the order the frames (and backend binds) arrived.
@@ -52,14 +56,17 @@ type conn struct {
 	wg sync.WaitGroup // writer and backend-bind goroutines
 }
 
-func newConn(s *Server, ws *websocket.Conn, r *http.Request) *conn {
-	id := newConnID()
+func newConn(s *Server, ws *websocket.Conn, r *http.Request, id auth.Identity) *conn {
 	c := &conn{
 		s:        s,
-		id:       id,
+		id:       newConnID(),
 		ws:       ws,
 		openedAt: time.Now(),
 		remote:   r.RemoteAddr,
+		user:     id.User,
+	}
+	if s.cfg.Authorizer != nil {
+		c.claims = id.Claims
 	}
 	c.log.c = c
 	c.sendQueue.init(c)
@@ -82,14 +89,22 @@ func (l connLog) log(level slog.Level, msg string, args []any) {
 	if !lg.Enabled(context.Background(), level) {
 		return
 	}
-	all := make([]any, 0, 4+len(args))
+	all := make([]any, 0, 6+len(args))
 	all = append(all, "conn", l.c.id, "remote", l.c.remote)
+	if l.c.user != "" {
+		all = append(all, "user", l.c.user)
+	}
 	lg.Log(context.Background(), level, msg, append(all, args...)...)
 }
 
 // header is the headers of a frame the connection publishes.
+// The user is the verified one: a client cannot set headers.
 func (c *conn) header() nats.Header {
-	return nats.Header{HeaderConn: {c.id}, HeaderSidecar: {c.s.cfg.SidecarID}}
+	h := nats.Header{HeaderConn: {c.id}, HeaderSidecar: {c.s.cfg.SidecarID}}
+	if c.user != "" {
+		h[HeaderUser] = []string{c.user}
+	}
+	return h
 }
 
 // serve runs the connection on a goroutine of its own until it ends. Only
@@ -156,7 +171,7 @@ func (c *conn) bindFromQuery(tid string, q url.Values) {
 	}
 	c.bindMu.Lock()
 	defer c.bindMu.Unlock()
-	if _, err := c.bind(tid, since, q.Get("epoch"), "connect"); err != nil {
+	if _, err := c.bind(tid, since, q.Get("epoch"), viaConnect); err != nil {
 		c.sendBindError(err)
 	}
 }
@@ -199,13 +214,13 @@ func (c *conn) handle(data []byte) {
 	defer c.bindMu.Unlock()
 	if f.Type == frame.TypeSwitchThread {
 		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameSwitch).Inc()
-		if _, err := c.bind(f.ThreadID, f.Since, f.Epoch, "switch_thread"); err != nil {
+		if _, err := c.bind(f.ThreadID, f.Since, f.Epoch, viaSwitch); err != nil {
 			c.sendBindError(err)
 		}
 		return
 	}
 	if f.ThreadID != "" && f.ThreadID != c.thread() {
-		if _, err := c.bind(f.ThreadID, nil, "", "frame"); err != nil {
+		if _, err := c.bind(f.ThreadID, nil, "", viaFrame); err != nil {
 			c.sendBindError(err)
 			return // never publish a frame to a thread it could not be bound to
 		}
@@ -254,11 +269,37 @@ func (c *conn) sendBindError(err error) {
 	if errors.Is(err, ErrConnClosed) {
 		return
 	}
+	if code := authzErrorCode(err); code != "" {
+		c.sendError(code, err.Error())
+		return
+	}
 	c.sendError(frame.CodeBindFailed, err.Error())
+}
+
+// async runs fn on a goroutine the connection waits for when it ends. It
+// reports false, running nothing, when the connection has ended already.
+func (c *conn) async(fn func()) bool {
+	c.mu.Lock()
+	dead := c.dead
+	if !dead {
+		c.wg.Add(1)
+	}
+	c.mu.Unlock()
+	if dead {
+		return false
+	}
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
 }
 
 // end releases everything the connection holds; the handler returns next.
 func (c *conn) end() {
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
 	if c.sub != nil {
 		_ = c.sub.Unsubscribe()
 	}

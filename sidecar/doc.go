@@ -16,6 +16,19 @@
 // bounded send queue; a connection whose queue overflows is closed with
 // status 1008 ("slow consumer") and can resume with since.
 //
+// # Identity and authorization
+//
+// With a Config.Verifier, every handshake's token is verified before the
+// upgrade and a refusal is sent after it (an error frame, then 4401 or
+// 4001), because browsers cannot read an HTTP status on a WebSocket. The
+// verified user is the Threadbus-User header of everything the connection
+// publishes; a timer closes the connection with 4001 when its token
+// expires. With a Config.Authorizer, every bind a client causes is asked
+// for first, on the connection's bind path (so a denied bind changes
+// nothing and its frame is not published); binds the backend requests are
+// trusted. threadbus.authz.revoke and conn.<cid>.close reach connections
+// through the bus, like conn.<cid>.bind.
+//
 // # Lifecycle
 //
 // New returns a Server whose Handler serves /ws, /healthz, /readyz and /metrics.

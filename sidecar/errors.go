@@ -7,6 +7,8 @@ var (
 	ErrConnClosed = errors.New("connection closed")
 	// ErrServerClosed is returned by Server methods after Close.
 	ErrServerClosed = errors.New("sidecar closed")
+
+	errConnectionLimit = errors.New("connection limit of the user reached")
 )
 
 // Close statuses and reasons the sidecar sends.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/threadbus/threadbus/frame"
 	"github.com/threadbus/threadbus/metrics"
 )
 
@@ -98,6 +99,19 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closeWithLocked(code, reason)
+}
+
+// closeWithError sends an error frame, then closes with a status and
+// reason: queued frames are dropped, the error frame is the last the client
+// reads.
+func (c *conn) closeWithError(status websocket.StatusCode, reason, code, msg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sendQueue.closeCode != 0 || c.dead {
+		return
+	}
+	c.closeWithLocked(status, reason)
+	c.sendQueue.frames = append(c.sendQueue.frames, outFrame{data: frame.Error(code, msg)})
 }
 
 func (c *conn) closeWithLocked(code websocket.StatusCode, reason string) {

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/threadbus/threadbus/auth"
 	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/metrics"
 	"github.com/threadbus/threadbus/subjects"
@@ -31,12 +33,14 @@ type Server struct {
 	mu      sync.Mutex
 	closed  bool
 	conns   map[string]*conn
+	users   map[string]int // open connections per verified user
 	handler sync.WaitGroup // connection handlers and their goroutines
 
 	connMsgs  chan *nats.Msg // conn.<cid>.* messages of every local connection
 	stopped   chan struct{}  // closed by Close to end the dispatcher
 	dispatch  sync.WaitGroup
 	closeOnce sync.Once
+	revokeSub *nats.Subscription // threadbus.authz.revoke, with an Authorizer
 }
 
 // connMsgQueue buffers conn.<cid>.* messages for the dispatcher.
@@ -59,10 +63,18 @@ func New(cfg Config) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		conns:    make(map[string]*conn),
+		users:    make(map[string]int),
 		connMsgs: make(chan *nats.Msg, connMsgQueue),
 		stopped:  make(chan struct{}),
 	}
 	s.metrics = metrics.New(cfg.Registry, cfg.Bus)
+	if c, ok := cfg.Authorizer.(metrics.AuthzCacheStats); ok {
+		metrics.RegisterAuthzCache(cfg.Registry, c)
+	}
+	if err := s.subscribeRevoke(); err != nil {
+		cancel()
+		return nil, err
+	}
 	s.dispatch.Go(s.dispatchConnMsgs)
 	return s, nil
 }
@@ -112,11 +124,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	id, refused := s.authenticate(r)
 	cork := &corkConn{}
 	ws, err := websocket.Accept(&corkWriter{ResponseWriter: w, cork: cork}, r, &websocket.AcceptOptions{
 		// Browsers offer jwt-auth plus jwt.<token> and fail the handshake
 		// when none is selected. The token itself is never logged.
-		Subprotocols:    []string{"jwt-auth"},
+		Subprotocols:    []string{auth.SubprotocolJWT},
 		OriginPatterns:  s.cfg.OriginPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -124,13 +137,23 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("websocket accept failed", "remote", r.RemoteAddr, "err", err)
 		return // Accept has answered the request
 	}
+	if refused != nil {
+		s.refuse(ws, r, refused)
+		return
+	}
 	ws.SetReadLimit(s.cfg.MaxFrameBytes)
-	c := newConn(s, ws, r)
+	c := newConn(s, ws, r, id)
 	c.cork = cork
 	if err := s.register(c); err != nil {
+		if errors.Is(err, errConnectionLimit) {
+			s.refuse(ws, r, &refusal{StatusConnectionLimit, auth.CodeConnectionLimit,
+				fmt.Sprintf("user %s has %d connections open, the most this sidecar allows", c.user, s.cfg.MaxConnsPerUser)})
+			return
+		}
 		ws.Close(websocket.StatusServiceRestart, reasonRestart)
 		return
 	}
+	c.watchExpiry(id.Expires)
 	// The connection runs on a goroutine of its own and the handler
 	// returns: net/http then drops its per-connection state (request,
 	// buffered writer, its goroutine's deep stack), which a hijacked
@@ -149,6 +172,9 @@ func (s *Server) register(c *conn) error {
 	if s.closed {
 		return ErrServerClosed
 	}
+	if !s.admitUserLocked(c.user) {
+		return errConnectionLimit
+	}
 	s.conns[c.id] = c
 	s.metrics.ConnectionsOpen.Inc()
 	return nil
@@ -159,6 +185,7 @@ func (s *Server) unregister(c *conn) {
 	defer s.mu.Unlock()
 	if s.conns[c.id] == c {
 		delete(s.conns, c.id)
+		s.releaseUserLocked(c.user)
 		s.metrics.ConnectionsOpen.Dec()
 	}
 }
@@ -202,6 +229,8 @@ func (s *Server) dispatchConnMsgs() {
 			c.send(msg.Data)
 		case subjects.ConnKindBind:
 			c.backendBind(msg)
+		case subjects.ConnKindClose:
+			c.backendClose(msg)
 		}
 	}
 }
@@ -234,6 +263,9 @@ func (s *Server) Close(ctx context.Context) error {
 			<-done
 		}
 		s.cancel()
+		if s.revokeSub != nil {
+			_ = s.revokeSub.Unsubscribe() // NATS may be gone already
+		}
 		// Not close(s.connMsgs): NATS may still hold a message for it.
 		close(s.stopped)
 		s.dispatch.Wait()
