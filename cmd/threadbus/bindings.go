@@ -30,10 +30,10 @@ func bindingsLsCommand() *cli.Command {
 	return leaf(&cli.Command{
 		Name:      "ls",
 		Usage:     "list the connections bound now",
-		UsageText: "threadbus bindings ls [--thread THREAD] [--sidecar SIDECAR] [--json]",
+		UsageText: "threadbus bindings ls [--thread THREAD] [--sidecar SIDECAR] [--user USER] [--json]",
 		Description: "Lists every binding in the registry, sorted by thread then bind time, as a\n" +
 			"table, or one JSON object per line with --json. BOUND is when the connection\n" +
-			"was bound, REPLAY where its replay began.\n\n" +
+			"was bound, REPLAY where its replay began, USER the verified user (serve --auth jwt).\n\n" +
 			"Example:\n" +
 			"  $ threadbus bindings ls --thread demo\n" +
 			"  CONNECTION              THREAD  SIDECAR  USER  REMOTE           BOUND                     REPLAY\n" +
@@ -41,6 +41,7 @@ func bindingsLsCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "thread", Usage: "only the bindings of thread `THREAD`"},
 			&cli.StringFlag{Name: "sidecar", Usage: "only the bindings of the sidecar with id `SIDECAR` (serve --sidecar-id)"},
+			&cli.StringFlag{Name: "user", Usage: "only the bindings of the verified user `USER`"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 			natsURLFlag(),
 		},
@@ -64,8 +65,9 @@ func bindingsLs(c *cli.Context, _ []string) error {
 		return explain(err)
 	}
 	var bs []bus.Binding
+	sc, user := c.String("sidecar"), c.String("user")
 	for _, b := range all {
-		if sc := c.String("sidecar"); sc == "" || b.SidecarID == sc {
+		if (sc == "" || b.SidecarID == sc) && (user == "" || b.User == user) {
 			bs = append(bs, b)
 		}
 	}

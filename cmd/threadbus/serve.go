@@ -29,7 +29,7 @@ func serveCommand() *cli.Command {
 			"Without --nats-url it starts an embedded nats-server with JetStream that agents\n" +
 			"reach on --nats-listen, storing under --data-dir.\n\n" +
 			"Example:\n  threadbus serve --listen 127.0.0.1:8080 --replay-grace 1m",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "HTTP and WebSocket address", EnvVars: envVars("LISTEN")},
 			&cli.StringFlag{Name: "nats-url", Usage: "NATS server or cluster to use; empty starts an embedded server", EnvVars: envVars("NATS_URL")},
 			&cli.StringFlag{Name: "nats-listen", Value: "127.0.0.1:4222", Usage: "embedded NATS server's client address, for agents", EnvVars: envVars("NATS_LISTEN")},
@@ -44,14 +44,19 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "sidecar-id", Usage: "this sidecar's id in headers and logs (default: random)", EnvVars: envVars("SIDECAR_ID")},
 			&cli.StringSliceFlag{Name: "allowed-origin", Usage: "browser origin host pattern allowed besides the sidecar's own host (repeatable)", EnvVars: envVars("ALLOWED_ORIGIN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
-		},
+		}, authFlags()...),
 		Action: func(c *cli.Context) error {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			ac, err := authConfigFrom(c, c.String("listen"))
+			if err != nil {
+				return err
+			}
 			return serve(c.Context, log, serveConfig{
+				auth:        ac,
 				listen:      c.String("listen"),
 				natsURL:     c.String("nats-url"),
 				natsListen:  c.String("nats-listen"),
@@ -76,12 +81,22 @@ func serveCommand() *cli.Command {
 type serveConfig struct {
 	listen, natsURL, natsListen, dataDir, natsConfig string
 	retention, registryTTL                           time.Duration
+	auth                                             authConfig
 	sidecar                                          sidecar.Config
 }
 
 // serve runs the sidecar until ctx is cancelled, then shuts down in order:
 // stop accepting, close clients with 1012, drain NATS, stop the embedded server.
 func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
+	v, err := cfg.auth.verifier(ctx)
+	if err != nil {
+		return err
+	}
+	if v != nil {
+		defer v.Close()
+		cfg.sidecar.Verifier = v
+		cfg.sidecar.TokenLeeway = cfg.auth.leeway
+	}
 	url := cfg.natsURL
 	if url == "" {
 		ns, err := bus.StartServer(bus.ServerConfig{
@@ -112,6 +127,15 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 		}
 	}()
 	cfg.sidecar.Bus = b
+	cfg.sidecar.TokenQueryParam = cfg.auth.queryParam
+	cfg.sidecar.MaxConnsPerUser = cfg.auth.maxConnsPerUser
+	authz, err := cfg.auth.authorizer(b.Conn())
+	if err != nil {
+		return err
+	}
+	if authz != nil {
+		cfg.sidecar.Authorizer = authz
+	}
 	sc, err := sidecar.New(cfg.sidecar)
 	if err != nil {
 		return err
@@ -123,7 +147,8 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	hs := &http.Server{Handler: sc.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", url, "sidecar", sc.ID(), "epoch", b.Epoch())
+	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", url, "sidecar", sc.ID(), "epoch", b.Epoch(),
+		"auth", cfg.auth.mode(), "authz", cfg.auth.authz)
 
 	var serveErr error
 	select {
