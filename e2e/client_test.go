@@ -54,6 +54,8 @@ type client struct {
 type dialOptions struct {
 	Query        string
 	Subprotocols []string
+	// Header is sent with the handshake (e.g. Authorization).
+	Header http.Header
 	// HTTPClient dials the connection; by default, a client whose transport
 	// belongs to this connection alone.
 	HTTPClient *http.Client
@@ -83,6 +85,7 @@ func tryDial(t testing.TB, s *sidecar, name string, opts dialOptions) (*client, 
 	ws, resp, err := websocket.Dial(ctx, s.wsURL(opts.Query), &websocket.DialOptions{
 		HTTPClient:   hc,
 		Subprotocols: opts.Subprotocols,
+		HTTPHeader:   opts.Header,
 	})
 	if tr, ok := hc.Transport.(*http.Transport); ok {
 		// The upgraded connection is hijacked, not pooled: closing idle

@@ -32,7 +32,8 @@ func TestHealthEndpoints(t *testing.T) {
 
 // The legacy browser client offers the subprotocols jwt-auth and
 // jwt.<token>; the handshake must select jwt-auth or the browser fails it.
-// The token is not verified yet, and never logged.
+// Without --auth the token is not verified (auth_test.go covers --auth jwt),
+// and it is never logged.
 func TestLegacySubprotocol(t *testing.T) {
 	t.Parallel()
 	sc := startSidecar(t, sidecarConfig{})
