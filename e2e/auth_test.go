@@ -599,3 +599,42 @@ func TestServeAuthRefusals(t *testing.T) {
 	cliFails(t, "", append(base, "--listen", "127.0.0.1:0", "--auth", "jwt", "--authz", "none"), "key source")
 	cliFails(t, "", append(base, "--listen", "127.0.0.1:0", "--auth", "jwt", "--jwt-secret-file", secret, "--authz", "http"), "--authz-url")
 }
+
+// A revocation that arrives while the hook is answering a bind of the
+// revoked thread still ends that binding once it is made.
+func TestAuthzRevokeDuringBind(t *testing.T) {
+	t.Parallel()
+	s := startAuthSidecar(t, "--authz", "nats")
+	a := newAgent(t, s.NATSURL)
+	asked := make(chan struct{}, 1)
+	release := make(chan struct{})
+	startAuthzResponder(t, a.nc, func(req authzRequest) any {
+		if req.ThreadID == "alice-2" {
+			asked <- struct{}{}
+			<-release
+		}
+		return map[string]any{"allow": true}
+	})
+	c := dial(t, s.sidecar, "alice", bearer(s.token(t, "alice", time.Hour), "thread_id=alice-1"))
+	c.expectBound("alice-1")
+	c.send(`{"type":"switch_thread","payload":{"thread_id":"alice-2"}}`)
+	select {
+	case <-asked:
+	case <-time.After(waitTimeout):
+		t.Fatal("the hook was not asked for alice-2")
+	}
+	if err := a.nc.Publish("threadbus.authz.revoke", []byte(`{"user":"alice","thread_id":"alice-2"}`)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := waitUntil(ctx, func() bool { return len(s.logs.grep("authorization revoked", "connections=1")) == 1 }); err != nil {
+		close(release)
+		t.Fatalf("the sidecar did not take the revocation for the bind under way: %v", err)
+	}
+	close(release)
+	c.expectBound("alice-2")
+	c.expectError(codeThreadForbidden)
+	a.mustPublish(t, "alice-2", 1)
+	c.expectQuiet()
+}

@@ -230,26 +230,39 @@ func (s *Server) revoke(msg *nats.Msg) {
 	s.mu.Unlock()
 	n := 0
 	for _, c := range hit {
-		tid := c.thread()
-		if tid == "" || (m.ThreadID != "" && tid != m.ThreadID) {
+		if !c.mayBeBoundTo(m.ThreadID) {
 			continue
 		}
 		n++
-		c.async(func() { c.revokeBinding(tid) })
+		c.async(func() { c.revokeBinding(m.ThreadID) })
 	}
-	s.log.Info("authorization revoked", "user", m.User, "thread", m.ThreadID, "bindings", n)
+	s.log.Info("authorization revoked", "user", m.User, "thread", m.ThreadID, "connections", n)
 }
 
-// revokeBinding unbinds the connection from tid if it is still bound to it.
+// mayBeBoundTo reports whether the connection is bound, or being bound, to
+// tid ("": to any thread).
+func (c *conn) mayBeBoundTo(tid string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bindingTo != "" && (tid == "" || c.bindingTo == tid) {
+		return true
+	}
+	return c.binding != nil && (tid == "" || c.binding.tid == tid)
+}
+
+// revokeBinding unbinds the connection from tid ("": from any thread) if it
+// is bound to it once the bind under way, if any, has ended: bindMu orders
+// the revocation after a bind whose hook answered before it.
 func (c *conn) revokeBinding(tid string) {
 	c.bindMu.Lock()
 	defer c.bindMu.Unlock()
 	c.mu.Lock()
 	b := c.binding
-	if b == nil || b.tid != tid || c.dead {
+	if b == nil || (tid != "" && b.tid != tid) || c.dead {
 		c.mu.Unlock()
 		return
 	}
+	tid = b.tid
 	c.binding = nil // nothing of tid reaches the client from here
 	c.mu.Unlock()
 	c.s.bus.Leave(tid, b)

@@ -82,6 +82,14 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	if err := subjects.ValidateThreadID(tid); err != nil {
 		return frame.Bound{}, err
 	}
+	c.mu.Lock()
+	c.bindingTo = tid
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.bindingTo = ""
+		c.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.BindTimeout)
 	defer cancel()
 	if err := c.authorize(ctx, tid, via); err != nil {

@@ -48,9 +48,10 @@ type conn struct {
 
 	// mu guards the binding and the send queue (see queue.go). Lock order:
 	// a feed's lock, then mu. Never call the bus with mu held.
-	mu      sync.Mutex
-	binding *binding
-	dead    bool // the connection has ended; nothing more is bound or queued
+	mu        sync.Mutex
+	binding   *binding
+	bindingTo string // the thread a bind under way is for, so revocation finds it
+	dead      bool   // the connection has ended; nothing more is bound or queued
 	sendQueue
 
 	wg sync.WaitGroup // writer and backend-bind goroutines
