@@ -322,7 +322,16 @@ export class Threadbus {
     ws.onclose = (ev) => {
       if (ws === this.#ws) this.#onClose(ev.code, ev.reason);
     };
-    ws.onerror = () => {}; // a close event follows with the code
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+    };
+    // A failed handshake fires error, and by the standard close with 1006;
+    // some implementations (Node 20's) fire error alone. An open
+    // connection's error is followed by its close.
+    ws.onerror = () => {
+      if (ws === this.#ws && !opened) this.#onClose(1006, 'connection failed');
+    };
   }
 
   #onClose(code, reason) {
@@ -595,6 +604,7 @@ export class Threadbus {
 }
 
 function detach(ws) {
+  ws.onopen = null;
   ws.onmessage = null;
   ws.onclose = null;
   ws.onerror = () => {};
