@@ -15,6 +15,7 @@ import (
 
 	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/sidecar"
+	"github.com/threadbus/threadbus/ui"
 )
 
 const shutdownTimeout = 15 * time.Second
@@ -44,6 +45,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "sidecar-id", Usage: "this sidecar's id in headers and logs (default: random)", EnvVars: envVars("SIDECAR_ID")},
 			&cli.StringSliceFlag{Name: "allowed-origin", Usage: "browser origin host pattern allowed besides the sidecar's own host (repeatable)", EnvVars: envVars("ALLOWED_ORIGIN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
+			&cli.BoolFlag{Name: "ui", Value: true, Usage: "serve the thread viewer page at / (--ui=false: off)", EnvVars: envVars("UI")},
 		}, authFlags()...),
 		Action: func(c *cli.Context) error {
 			var level slog.Level
@@ -64,6 +66,7 @@ func serveCommand() *cli.Command {
 				natsConfig:  c.String("nats-config"),
 				retention:   c.Duration("retention"),
 				registryTTL: c.Duration("registry-ttl"),
+				ui:          c.Bool("ui"),
 				sidecar: sidecar.Config{
 					SidecarID:      c.String("sidecar-id"),
 					ReplayGrace:    c.Duration("replay-grace"),
@@ -82,6 +85,7 @@ type serveConfig struct {
 	listen, natsURL, natsListen, dataDir, natsConfig string
 	retention, registryTTL                           time.Duration
 	auth                                             authConfig
+	ui                                               bool // serve the viewer at /
 	sidecar                                          sidecar.Config
 }
 
@@ -144,7 +148,11 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.listen, err)
 	}
-	hs := &http.Server{Handler: sc.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	handler := sc.Handler()
+	if cfg.ui {
+		handler = ui.Wrap(handler)
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", url, "sidecar", sc.ID(), "epoch", b.Epoch(),
