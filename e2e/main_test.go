@@ -115,12 +115,15 @@ func trackSources(root string) error {
 		}
 		name := d.Name()
 		if d.IsDir() {
-			if path != root && (strings.HasPrefix(name, ".") || name == "testdata") {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "node_modules") {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		if strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" {
+		// The viewer and the JavaScript client (embedded in the binary, and
+		// the client's tests that TestJSClient runs) count too.
+		if strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" ||
+			strings.HasSuffix(name, ".js") || strings.HasSuffix(name, ".html") || strings.HasSuffix(name, ".css") {
 			f, err := os.Open(path)
 			if err != nil {
 				return err
