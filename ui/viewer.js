@@ -73,7 +73,7 @@ function onEvent(e) {
     cell('seq', seq ?? ''),
     cell('type', type ?? ''),
     cell('how', how),
-    cell('time', new Date().toLocaleTimeString()),
+    cell('time', clock()),
     cell('body', ''),
   );
   const code = document.createElement('code');
@@ -87,6 +87,13 @@ function onEvent(e) {
   $('event-count').textContent = String(++shown);
 }
 
+// clock is the local time of day with milliseconds, 24-hour.
+function clock() {
+  const d = new Date();
+  const p = (n, w = 2) => String(n).padStart(w, '0');
+  return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+}
+
 function cell(cls, text) {
   const td = document.createElement('td');
   td.className = cls;
@@ -98,7 +105,7 @@ function log(text, cls = '') {
   const li = document.createElement('li');
   if (cls) li.className = cls;
   const time = document.createElement('time');
-  time.textContent = new Date().toLocaleTimeString();
+  time.textContent = clock();
   li.append(time, text);
   $('log').prepend(li);
   while ($('log').children.length > 300) $('log').lastChild.remove();
