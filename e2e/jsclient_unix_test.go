@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +25,9 @@ const jsSuiteTimeout = 3 * time.Minute
 // through the embedded NATS server. Node's output is the failure message.
 func TestJSClient(t *testing.T) {
 	node := lookPathOrFail(t, "node", "Node.js (apt-get install nodejs) runs the JavaScript client's tests")
+	if v, err := exec.Command(node, "--version").Output(); err != nil || !nodeAtLeast20(string(v)) {
+		t.Fatalf("node --version: %q (%v): the client and its tests need Node.js 20 or later", v, err)
+	}
 	files, err := filepath.Glob("../clients/js/test/*.test.js")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no JavaScript tests under clients/js/test (%v)", err)
@@ -72,4 +76,11 @@ func lookPathOrFail(t *testing.T, name, why string) string {
 	}
 	t.Skipf("%s not found (%v): %s; this test fails instead of skipping under CI=true", name, err, why)
 	return ""
+}
+
+// nodeAtLeast20 reports whether `node --version` printed v20 or later.
+func nodeAtLeast20(v string) bool {
+	major, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(v), "v"), ".")
+	n, err := strconv.Atoi(major)
+	return err == nil && n >= 20
 }
