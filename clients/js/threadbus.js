@@ -133,7 +133,7 @@ export class Threadbus {
   #handshakeTimer = null;
   #pingTimer = null;
   #pongTimer = null;
-  #onlineListener = null;
+  #removeOnlineListener = null;
 
   // The thread the app wants, and the request waiting for its thread_bound.
   #wanted = null;
@@ -143,6 +143,7 @@ export class Threadbus {
   // Binds asked of the server on this connection and not answered yet: the
   // server answers them in order, so only the last answer counts.
   #outstanding = 0;
+  #urlThread = null; // the thread named in the current connection's URL
   #lastSeq = null; // last seq delivered on the bound thread, in #bound.epoch
 
   /**
@@ -167,9 +168,12 @@ export class Threadbus {
     if (typeof this.#store.getItem !== 'function' || typeof this.#store.setItem !== 'function') {
       throw new TypeError('threadbus: options.store needs getItem and setItem (like sessionStorage)');
     }
-    if (typeof globalThis.addEventListener === 'function') {
-      this.#onlineListener = () => this.#reconnectNow();
-      globalThis.addEventListener('online', this.#onlineListener);
+    const win = globalThis;
+    if (typeof win.addEventListener === 'function' && typeof win.removeEventListener === 'function') {
+      const listener = () => this.#reconnectNow();
+      const remove = win.removeEventListener;
+      win.addEventListener('online', listener);
+      this.#removeOnlineListener = () => remove.call(win, 'online', listener);
     }
     // Connect on the next tick, so handlers registered right after the
     // constructor see every state change.
@@ -226,13 +230,15 @@ export class Threadbus {
     const p = new Promise((resolve, reject) => {
       this.#pending = { threadId, resolve, reject };
     });
-    if (this.#state === State.CONNECTED) {
-      const payload = { thread_id: threadId, ...this.#resumeFrom(threadId) };
-      this.#sendFrame({ type: 'switch_thread', payload });
-      this.#outstanding++;
-    }
-    // Otherwise the next connection names the thread in its URL.
+    // Otherwise the connection being opened asks once it is established,
+    // or the next one names the thread in its URL.
+    if (this.#state === State.CONNECTED) this.#requestBind(threadId);
     return p;
+  }
+
+  #requestBind(threadId) {
+    this.#sendFrame({ type: 'switch_thread', payload: { thread_id: threadId, ...this.#resumeFrom(threadId) } });
+    this.#outstanding++;
   }
 
   /** Same as bindThread: moves the connection to another thread. */
@@ -311,6 +317,7 @@ export class Threadbus {
     this.#ws = ws;
     this.#bound = null;
     this.#lastSeq = null;
+    this.#urlThread = this.#wanted;
     this.#outstanding = this.#wanted ? 1 : 0;
     this.#connectionId = null;
     // A server that accepts TCP but never completes the handshake (stopped,
@@ -394,10 +401,8 @@ export class Threadbus {
         // already closing
       }
     }
-    if (this.#onlineListener) {
-      globalThis.removeEventListener('online', this.#onlineListener);
-      this.#onlineListener = null;
-    }
+    this.#removeOnlineListener?.();
+    this.#removeOnlineListener = null;
     this.#connectionId = null;
     this.#setState(State.CLOSED, { code, reason });
     if (this.#pending) {
@@ -424,6 +429,8 @@ export class Threadbus {
         if (!this.#wanted) this.#attempt = 0; // nothing to bind: connected is as good as it gets
         this.#setState(State.CONNECTED, { connectionId: this.#connectionId });
         this.#startPing();
+        // A bind asked for while this connection was being opened.
+        if (this.#wanted && this.#wanted !== this.#urlThread) this.#requestBind(this.#wanted);
         return;
       case 'thread_bound':
         this.#onBound(f);
