@@ -84,6 +84,50 @@ func TestViewerInBrowser(t *testing.T) {
 	}
 }
 
+// TestViewerWithToken: with --auth jwt the page without a token is refused
+// (4401, terminal, said on the page), then binds with the token typed in its
+// field, shows the events, and keeps the token nowhere but in that field.
+func TestViewerWithToken(t *testing.T) {
+	t.Parallel()
+	const tid = "browser_auth"
+	chromium := lookPathOrFail(t, "chromium", "Debian's chromium (apt-get install chromium) runs the viewer test")
+	sc := startAuthSidecar(t, "--authz", "none")
+	ag := newAgent(t, sc.NATSURL)
+	tok := sc.token(t, "u-browser", time.Hour)
+
+	ctx, jsErrors := newBrowser(t, chromium)
+	page := &viewerPage{t: t, ctx: ctx}
+	page.do(chromedp.Navigate("http://"+sc.HTTPAddr+"/"),
+		chromedp.WaitVisible(chromedp.ID("thread")),
+		chromedp.SendKeys(chromedp.ID("thread"), tid),
+		chromedp.Click(chromedp.ID("bind")),
+	)
+	page.waitJS(`document.getElementById('state').dataset.state === 'closed'`, "the refusal without a token")
+	if logText := page.text("log"); !strings.Contains(logText, "4401") {
+		t.Errorf("the connection log does not show the 4401 close:\n%s", logText)
+	}
+
+	page.do(chromedp.SendKeys(chromedp.ID("token"), tok), chromedp.Click(chromedp.ID("bind")))
+	page.waitJS(fmt.Sprintf(`document.getElementById('bound-thread').textContent === %q`, tid), "thread_bound with the token")
+	page.waitSeqs(ag.mustPublish(t, tid, 3))
+
+	kept, err := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf(`(() => {
+		const tok = %q;
+		const inStorage = (s) => Array.from({ length: s.length }, (_, i) => s.getItem(s.key(i))).some((v) => v.includes(tok));
+		return inStorage(sessionStorage) || inStorage(localStorage) || document.cookie.includes(tok) ||
+			location.href.includes(tok) || document.documentElement.outerHTML.includes(tok);
+	})()`, tok)))
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	if kept {
+		t.Error("the page keeps the token beyond its field (storage, cookie, URL or markup)")
+	}
+	if errs := jsErrors(); len(errs) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
 // newBrowser starts a headless chromium with a fresh profile, stopped when
 // the test ends, and returns its tab's context and a function that returns
 // the page's uncaught exceptions and console errors so far.

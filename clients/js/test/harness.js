@@ -5,8 +5,10 @@
 //   THREADBUS_BIN       the binary to run; without it, `go build` makes one
 //   THREADBUS_TEST_LOG  print every sidecar's log when its test ends
 
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn, execFile, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -91,6 +93,23 @@ export async function startSidecar(t, { args = [], dataDir = tempDir(t), listen 
     resume: () => proc.kill('SIGCONT'),
     /** A new process on the same ports and data dir. */
     restart: () => startSidecar(t, { args, dataDir, listen: http, natsListen: new URL(nats).host }),
+  };
+  return sc;
+}
+
+/**
+ * Starts a sidecar with --auth jwt (HS256 secret in a fresh file, every
+ * authenticated user may bind every thread) and returns it with token(user,
+ * ttl), which mints a token with `threadbus token`.
+ */
+export async function startAuthSidecar(t, { args = [], ...opts } = {}) {
+  const secretFile = path.join(tempDir(t), 'jwt.secret');
+  writeFileSync(secretFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 });
+  const sc = await startSidecar(t, { ...opts, args: ['--auth', 'jwt', '--jwt-secret-file', secretFile, '--authz', 'none', ...args] });
+  sc.secretFile = secretFile;
+  sc.token = async (user, ttl = '1h', file = secretFile) => {
+    const { stdout } = await promisify(execFile)(binary(), ['token', '--secret-file', file, '--user', user, '--ttl', ttl], { env: hermeticEnv() });
+    return stdout.trim();
   };
   return sc;
 }
