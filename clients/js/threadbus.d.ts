@@ -17,13 +17,18 @@ export interface PositionStore {
   removeItem?(key: string): void;
 }
 
-/** The subset of the standard WebSocket the client uses. */
+/**
+ * The subset of the standard WebSocket the client uses: it sets the four
+ * handlers and reads ev.data of messages and ev.code/ev.reason of the close.
+ * Handler parameters are loose so that the DOM's WebSocket and Node's fit.
+ */
 export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  onopen: ((ev: any) => unknown) | null;
+  onmessage: ((ev: any) => unknown) | null;
+  onclose: ((ev: any) => unknown) | null;
+  onerror: ((ev: any) => unknown) | null;
 }
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
