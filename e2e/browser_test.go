@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -238,5 +239,41 @@ func (p *viewerPage) waitSeqs(want []uint64) {
 	}
 	if !slices.Equal(got, want) {
 		p.t.Fatalf("the page shows seqs %v, want %v\nconnection log on the page:\n%s", got, want, p.text("log"))
+	}
+}
+
+// The viewer is served by default and left out with --ui=false; the
+// sidecar's own endpoints answer either way.
+func TestViewerFlag(t *testing.T) {
+	t.Parallel()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	status := func(sc *sidecar, path string) int {
+		t.Helper()
+		resp, err := hc.Get("http://" + sc.HTTPAddr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	on := startSidecar(t, sidecarConfig{})
+	off := startSidecar(t, sidecarConfig{Args: []string{"--ui=false"}})
+	for _, c := range []struct {
+		sc   *sidecar
+		path string
+		want int
+	}{
+		{on, "/", http.StatusOK},
+		{on, "/ui/threadbus.js", http.StatusOK},
+		{on, "/healthz", http.StatusOK},
+		{off, "/", http.StatusNotFound},
+		{off, "/ui/threadbus.js", http.StatusNotFound},
+		{off, "/healthz", http.StatusOK},
+	} {
+		if got := status(c.sc, c.path); got != c.want {
+			t.Errorf("%s GET %s: %d, want %d", c.sc.name, c.path, got, c.want)
+		}
 	}
 }
