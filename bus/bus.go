@@ -28,7 +28,10 @@ type Config struct {
 	// Retention is how long the THREADS stream keeps messages. By default,
 	// DefaultRetention (24h).
 	Retention time.Duration
-	// Replicas of the THREADS stream when it is created. By default, 1.
+	// Replicas of the THREADS stream and the bindings bucket when this
+	// sidecar creates them; an existing stream keeps its own (see the
+	// ownership rule in stream.go). By default, 3 when the NATS server is
+	// one of a cluster of 3 or more, else 1.
 	Replicas int
 	// RegistryTTL is how long a binding stays in the registry after its
 	// sidecar last refreshed it, which bounds how long the bindings of a
@@ -130,18 +133,79 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		b.hub.stop()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if b.stream, err = ensureStream(ctx, b.js, StreamConfig(cfg.Retention, cfg.Replicas)); err != nil {
+	if b.cfg.Replicas <= 0 {
+		b.cfg.Replicas = defaultReplicas(nc)
+	}
+	err = retryUnavailable(ctx, b.log, "open the THREADS stream", func() error {
+		var err error
+		b.stream, err = ensureStream(ctx, b.js, StreamConfig(cfg.Retention, b.cfg.Replicas), b.log)
+		return err
+	})
+	if err != nil {
 		nc.Close()
 		b.hub.stop()
 		return nil, err
 	}
 	b.epoch = epochOf(b.stream.CachedInfo())
-	if b.reg, err = openRegistry(ctx, b, cfg.RegistryTTL, cfg.Replicas); err != nil {
+	err = retryUnavailable(ctx, b.log, "open the bindings registry", func() error {
+		var err error
+		b.reg, err = openRegistry(ctx, b, cfg.RegistryTTL, b.cfg.Replicas)
+		return err
+	})
+	if err != nil {
 		nc.Close()
 		b.hub.stop()
 		return nil, err
 	}
 	return b, nil
+}
+
+// unavailable reports whether err says that JetStream could not serve a
+// request for now: no reply, or a server error (503: no meta leader or not
+// enough servers up; 500: a stream offline).
+func unavailable(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code >= 500
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// defaultReplicas is 3 when nc's server is one of a cluster of 3 or more
+// servers (as far as the server tells its clients), else 1.
+func defaultReplicas(nc *nats.Conn) int {
+	if nc.ConnectedClusterName() != "" && len(nc.Servers()) >= 3 {
+		return 3
+	}
+	return 1
+}
+
+// Retries of Open while JetStream cannot serve it yet (a cluster without a
+// meta leader, the node holding a stream down): it waits, as long as ctx
+// allows, rather than exit.
+const (
+	openRetryFirst = 250 * time.Millisecond
+	openRetryMax   = 5 * time.Second
+)
+
+// retryUnavailable calls fn until it succeeds, fails with an error that
+// retrying cannot fix (a conflict, a closed connection), or ctx ends.
+func retryUnavailable(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
+	delay := openRetryFirst
+	for {
+		err := fn()
+		if err == nil || !unavailable(err) {
+			return err
+		}
+		log.Warn("cannot "+what+" yet, retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, openRetryMax)
+	}
 }
 
 // Conn is the underlying NATS connection, for subscriptions the caller owns.

@@ -10,6 +10,9 @@ var (
 	ErrGapUnrepaired = errors.New("live gap could not be repaired from the stream")
 	// ErrBadLiveMessage is logged when a live message lacks the republish headers.
 	ErrBadLiveMessage = errors.New("live message without republish headers")
+	// ErrStreamConflict is returned by Open when an existing stream
+	// contradicts what threadbus needs (see the ownership rule in stream.go).
+	ErrStreamConflict = errors.New("stream configuration conflicts with threadbus")
 )
 
 // ErrNoRegistry is returned by the registry readers when the bindings bucket

@@ -12,3 +12,8 @@ func SetDirectReplays(b *Bus, n int) {
 func ScanStats(b *Bus) (passes, scanned uint64) { return b.ScanPasses(), b.ScannedMessages() }
 
 const ScanMaxEvents = scanMaxEvents
+
+var (
+	ReconcileStream = reconcileStream
+	SubjectCovers   = subjectCovers
+)

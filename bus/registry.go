@@ -59,16 +59,16 @@ func openRegistry(ctx context.Context, b *Bus, ttl time.Duration, replicas int) 
 	if replicas <= 0 {
 		replicas = 1
 	}
-	_, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	_, err := ensureBucket(ctx, b.js, jetstream.KeyValueConfig{
 		Bucket:         BindingsBucket,
 		Description:    "threadbus: connections bound to threads, <thread>.<connection>",
 		History:        1,
 		Storage:        jetstream.FileStorage,
 		Replicas:       replicas,
 		LimitMarkerTTL: ttl, // expiry markers, so watchers see entries expire
-	})
+	}, b.log)
 	if err != nil {
-		return nil, fmt.Errorf("bindings registry bucket %s: %w", BindingsBucket, err)
+		return nil, fmt.Errorf("bindings registry: %w", err)
 	}
 	r := &registry{
 		b:      b,

@@ -38,6 +38,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-config", Usage: "nats-server config file for the embedded server", EnvVars: envVars("NATS_CONFIG")},
 			&cli.DurationFlag{Name: "replay-grace", Value: sidecar.DefaultReplayGrace, Usage: "how far back a binding without since replays", EnvVars: envVars("REPLAY_GRACE")},
 			&cli.DurationFlag{Name: "retention", Value: bus.DefaultRetention, Usage: "how long the THREADS stream keeps frames and events", EnvVars: envVars("RETENTION")},
+			&cli.IntFlag{Name: "replicas", Usage: "replicas of THREADS and the bindings bucket when this sidecar creates them (default: 3 on a cluster of 3 or more servers, else 1)", EnvVars: envVars("REPLICAS")},
 			&cli.DurationFlag{Name: "registry-ttl", Value: bus.DefaultRegistryTTL, Usage: "how long a binding outlives its sidecar in the registry", EnvVars: envVars("REGISTRY_TTL")},
 			&cli.Int64Flag{Name: "max-frame-bytes", Value: sidecar.DefaultMaxFrameBytes, Usage: "largest client frame; larger ones close with 1009", EnvVars: envVars("MAX_FRAME_BYTES")},
 			&cli.IntFlag{Name: "send-queue-bytes", Value: sidecar.DefaultSendQueueBytes, Usage: "per-connection send queue; overflow closes with 1008", EnvVars: envVars("SEND_QUEUE_BYTES")},
@@ -67,6 +68,7 @@ func serveCommand() *cli.Command {
 				retention:   c.Duration("retention"),
 				registryTTL: c.Duration("registry-ttl"),
 				ui:          c.Bool("ui"),
+				replicas:    c.Int("replicas"),
 				sidecar: sidecar.Config{
 					SidecarID:      c.String("sidecar-id"),
 					ReplayGrace:    c.Duration("replay-grace"),
@@ -86,6 +88,7 @@ type serveConfig struct {
 	retention, registryTTL                           time.Duration
 	auth                                             authConfig
 	ui                                               bool // serve the viewer at /
+	replicas                                         int
 	sidecar                                          sidecar.Config
 }
 
@@ -119,7 +122,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 		url = ns.ClientURL()
 		logEmbedded(log, ns)
 	}
-	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, RegistryTTL: cfg.registryTTL, Logger: log})
+	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, Replicas: cfg.replicas, RegistryTTL: cfg.registryTTL, Logger: log})
 	if err != nil {
 		return err
 	}
