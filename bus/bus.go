@@ -166,7 +166,9 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 func unavailable(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return apiErr.Code >= 500
+		// 10005: no suitable peers for placement, while servers are down
+		// or a cluster forms.
+		return apiErr.Code >= 500 || apiErr.ErrorCode == 10005
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -22,9 +24,23 @@ type ServerConfig struct {
 	// ConfigFile is an optional nats-server configuration file. JetStream is
 	// enabled whatever it says.
 	ConfigFile string
-	// ServerName names the server; by default nats-server picks one.
+	// ServerName names the server; by default nats-server picks one. The
+	// servers of a cluster need distinct names that stay the same across
+	// restarts: by default, a clustered server is named after its cluster
+	// address.
 	ServerName string
-	Logger     *slog.Logger
+	// ClusterName names the cluster this server forms with the servers of
+	// Routes (a JetStream cluster: streams replicated across them). By
+	// default, "threadbus" when ClusterListen is set.
+	ClusterName string
+	// ClusterListen is the address, host:port, other servers of the cluster
+	// connect to. Port 0 picks a free port. Empty: no cluster, unless the
+	// config file sets one.
+	ClusterListen string
+	// Routes are the cluster addresses of the other servers
+	// (nats-route://host:port, or host:port). A server may list itself.
+	Routes []string
+	Logger *slog.Logger
 }
 
 // StartServer starts an embedded nats-server with JetStream and waits until
@@ -42,16 +58,9 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 		if listen == "" {
 			listen = "127.0.0.1:4222"
 		}
-		host, port, err := net.SplitHostPort(listen)
+		host, p, err := splitHostPort(listen)
 		if err != nil {
 			return nil, fmt.Errorf("embedded nats: listen address %q: %w", listen, err)
-		}
-		p, err := strconv.Atoi(port)
-		if err != nil || p < 0 || p > 65535 {
-			return nil, fmt.Errorf("embedded nats: listen address %q: bad port", listen)
-		}
-		if p == 0 {
-			p = server.RANDOM_PORT
 		}
 		opts.Host, opts.Port = host, p
 	}
@@ -61,6 +70,9 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 			return nil, fmt.Errorf("embedded nats: no JetStream store directory")
 		}
 		opts.StoreDir = filepath.Join(cfg.StoreDir, "jetstream")
+	}
+	if err := clusterOptions(opts, cfg); err != nil {
+		return nil, err
 	}
 	if cfg.ServerName != "" && opts.ServerName == "" {
 		opts.ServerName = cfg.ServerName
@@ -79,6 +91,58 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded nats: not ready for connections after 10s (listen %s:%d)", opts.Host, opts.Port)
 	}
 	return ns, nil
+}
+
+// clusterOptions sets the cluster of opts from cfg, unless the config file
+// set one.
+func clusterOptions(opts *server.Options, cfg ServerConfig) error {
+	if cfg.ClusterListen == "" || opts.Cluster.Port != 0 {
+		if len(cfg.Routes) > 0 && cfg.ClusterListen == "" && opts.Cluster.Port == 0 {
+			return fmt.Errorf("embedded nats: routes without a cluster listen address")
+		}
+		return nil
+	}
+	host, port, err := splitHostPort(cfg.ClusterListen)
+	if err != nil {
+		return fmt.Errorf("embedded nats: cluster listen address %q: %w", cfg.ClusterListen, err)
+	}
+	opts.Cluster.Host, opts.Cluster.Port = host, port
+	opts.Cluster.Name = cfg.ClusterName
+	if opts.Cluster.Name == "" {
+		opts.Cluster.Name = "threadbus"
+	}
+	for _, r := range cfg.Routes {
+		if !strings.Contains(r, "://") {
+			r = "nats-route://" + r
+		}
+		u, err := url.Parse(r)
+		if err != nil {
+			return fmt.Errorf("embedded nats: route %q: %w", r, err)
+		}
+		opts.Routes = append(opts.Routes, u)
+	}
+	if cfg.ServerName == "" && opts.ServerName == "" && port != server.RANDOM_PORT {
+		// Stable across restarts (JetStream's peers are named servers),
+		// distinct within the cluster.
+		opts.ServerName = "threadbus-" + strings.NewReplacer(":", "-", ".", "-", "[", "", "]", "").Replace(cfg.ClusterListen)
+	}
+	return nil
+}
+
+// splitHostPort parses host:port; port 0 means a random port.
+func splitHostPort(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", port)
+	}
+	if p == 0 {
+		p = server.RANDOM_PORT
+	}
+	return host, p, nil
 }
 
 // serverLogger adapts nats-server's logger to slog.

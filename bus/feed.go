@@ -30,7 +30,6 @@ type Listener interface {
 const (
 	shardQueue    = 8192            // live messages buffered per dispatcher
 	feedIOTimeout = 5 * time.Second // position lookups and gap repairs
-	repairTries   = 3
 )
 
 // hub owns the live feeds of a Bus: one core subscription per thread with a
@@ -315,6 +314,12 @@ func (h *hub) resync(f *feed) {
 			f.deliverLocked(ev)
 			return true
 		})
+		if err == nil { // what a lagging replica lacked
+			_, err = h.b.readTail(ctx, f.tid, Start{AfterSeq: f.last}, 0, func(ev Event) bool {
+				f.deliverLocked(ev)
+				return true
+			})
+		}
 		if err != nil {
 			h.b.log.Warn("live resync failed", "thread", f.tid, "after_seq", from, "err", err)
 			return
@@ -328,20 +333,24 @@ func (h *hub) resync(f *feed) {
 
 // repairLocked delivers the events between f.last and before, which the live
 // path lost, reading them from the stream. prev is the sequence the stream
-// says came before `before`.
+// says came before `before`. What the replica that answers the direct get
+// lacks is read from the leader (see leader.go).
 func (h *hub) repairLocked(f *feed, prev, before uint64) error {
 	from := f.last
-	var err error
-	for try := 0; try < repairTries && f.last < prev; try++ {
-		ctx, cancel := context.WithTimeout(context.Background(), feedIOTimeout)
-		err = h.b.History(ctx, f.tid, Start{AfterSeq: f.last}, func(ev Event, _ uint64) bool {
-			if ev.Seq >= before {
-				return false
-			}
+	ctx, cancel := context.WithTimeout(context.Background(), feedIOTimeout)
+	defer cancel()
+	err := h.b.History(ctx, f.tid, Start{AfterSeq: f.last}, func(ev Event, _ uint64) bool {
+		if ev.Seq >= before {
+			return false
+		}
+		f.deliverLocked(ev)
+		return true
+	})
+	if err == nil && f.last < prev {
+		_, err = h.b.readTail(ctx, f.tid, Start{AfterSeq: f.last}, prev, func(ev Event) bool {
 			f.deliverLocked(ev)
 			return true
 		})
-		cancel()
 	}
 	if f.last < prev {
 		return fmt.Errorf("%w: thread %s, events after %d up to %d: %v", ErrGapUnrepaired, f.tid, f.last, prev, err)

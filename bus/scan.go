@@ -49,6 +49,9 @@ const (
 	// reads on its own, paced by its client.
 	scanMaxEvents = historyBatch
 	scanMaxBytes  = 1 << 20
+	// scanReadTries is how many times a scan read is tried before the
+	// replays of its pass fail.
+	scanReadTries = 3
 )
 
 // scanReq is one replay waiting for the scanner: the events of tid with a
@@ -125,14 +128,15 @@ func (b *Bus) Replay(ctx context.Context, tid string, start Start, through uint6
 	}
 	if b.scan.enterDirect() {
 		defer b.scan.leaveDirect()
-		return b.replayDirect(ctx, tid, start, head, fn)
+		return b.replayDirect(ctx, tid, start, through, head, fn)
 	}
 	after := start.AfterSeq
 	if !start.Time.IsZero() {
 		seq, err := b.seqAt(ctx, start.Time)
 		if errors.Is(err, jetstreamext.ErrNoMessages) {
-			head(0) // nothing stored since start.Time
-			return nil
+			// Nothing stored since start.Time, unless the replica that
+			// answered lags: replayDirect checks with the leader.
+			return b.replayDirect(ctx, tid, start, through, head, fn)
 		}
 		if err != nil {
 			return err
@@ -143,14 +147,28 @@ func (b *Bus) Replay(ctx context.Context, tid string, start Start, through uint6
 		}
 	}
 	if through-after > scanMaxSpan {
-		return b.replayDirect(ctx, tid, Start{AfterSeq: after}, head, fn)
+		return b.replayDirect(ctx, tid, Start{AfterSeq: after}, through, head, fn)
 	}
 	r, err := b.scan.read(ctx, tid, after, through)
 	if err != nil {
 		return fmt.Errorf("read history of %s: %w", tid, err)
 	}
 	if r.overflow {
-		return b.replayDirect(ctx, tid, Start{AfterSeq: after}, head, fn)
+		return b.replayDirect(ctx, tid, Start{AfterSeq: after}, through, head, fn)
+	}
+	if n := len(r.events); n == 0 || r.events[n-1].Seq < through {
+		// The replica that answered the scan lagged (see leader.go).
+		from := after
+		if n > 0 {
+			from = r.events[n-1].Seq
+		}
+		_, err := b.readTail(ctx, tid, Start{AfterSeq: from}, through, func(ev Event) bool {
+			r.events = append(r.events, ev)
+			return true
+		})
+		if err != nil {
+			return fmt.Errorf("read history of %s: %w", tid, err)
+		}
 	}
 	head(len(r.events))
 	for _, ev := range r.events {
@@ -162,21 +180,50 @@ func (b *Bus) Replay(ctx context.Context, tid string, start Start, through uint6
 }
 
 // replayDirect is a replay through per-subject reads: its count is the
-// number of matching events stored when its first batch was read.
-func (b *Bus) replayDirect(ctx context.Context, tid string, start Start, head func(n int), fn func(Event) bool) error {
-	total, sent := 0, 0
+// number of matching events stored when its first batch was read. When the
+// replica that answered lagged behind through, the events it lacked are
+// read from the leader: counted if nothing was delivered yet, else
+// delivered after the counted ones (the client cannot tell them from live
+// events: they come in order, once).
+func (b *Bus) replayDirect(ctx context.Context, tid string, start Start, through uint64, head func(n int), fn func(Event) bool) error {
+	total, sent, last, stopped := 0, 0, uint64(0), false
 	err := b.History(ctx, tid, start, func(ev Event, pending uint64) bool {
 		if sent == 0 {
 			total = 1 + int(pending)
 			head(total)
 		}
 		sent++
-		return fn(ev) && sent < total
+		last = ev.Seq
+		if !fn(ev) {
+			stopped = true
+			return false
+		}
+		return sent < total
 	})
-	if err == nil && sent == 0 {
-		head(0)
+	if err != nil || stopped || last >= through {
+		if err == nil && sent == 0 {
+			head(0)
+		}
+		return err
 	}
-	return err
+	if sent > 0 {
+		_, err = b.readTail(ctx, tid, Start{AfterSeq: last}, through, fn)
+		return err
+	}
+	var evs []Event
+	if _, err := b.readTail(ctx, tid, start, through, func(ev Event) bool {
+		evs = append(evs, ev)
+		return true
+	}); err != nil {
+		return fmt.Errorf("read history of %s: %w", tid, err)
+	}
+	head(len(evs))
+	for _, ev := range evs {
+		if !fn(ev) {
+			break
+		}
+	}
+	return nil
 }
 
 // seqAt returns the sequence of the first message stored at or after t.
@@ -530,7 +577,7 @@ func (s *scanner) routeLocked(m storedMsg) {
 func (s *scanner) readBatch(from, end uint64) ([]storedMsg, error) {
 	n := int(min(uint64(scanBatch), end-from+1))
 	var err error
-	for try := 0; try < repairTries; try++ {
+	for try := 0; try < scanReadTries; try++ {
 		var msgs []storedMsg
 		if msgs, err = s.readOnce(from, n); err == nil {
 			return msgs, nil

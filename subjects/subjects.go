@@ -35,6 +35,11 @@ const (
 	LiveRepublishDest = "threadbus.live.{{wildcard(1)}}"
 )
 
+// StreamMsgGet is the JetStream API subject of a message get from the
+// THREADS stream that its leader answers (unlike a direct get, which any
+// replica may answer, however far behind it is).
+const StreamMsgGet = "$JS.API.STREAM.MSG.GET." + Stream
+
 // Kinds of message addressed to a connection (the last token of conn.<cid>.*).
 const (
 	ConnKindIn    = "in"
