@@ -69,6 +69,9 @@ type Bus struct {
 	bgDone   bool
 	bgWG     sync.WaitGroup
 
+	outageMu sync.Mutex
+	outage   *time.Timer // runs while disconnected: fails every feed at OutageBound
+
 	closed   chan struct{} // closed by the NATS closed handler
 	stopOnce sync.Once
 	stopErr  error
@@ -105,10 +108,12 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: closed on purpose
 				b.log.Warn("nats disconnected", "err", err)
+				b.outageBegan()
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			b.outageEnded()
 			b.hub.resyncAll()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -157,7 +162,35 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		b.hub.stop()
 		return nil, err
 	}
+	b.goBackground(b.hub.idleLoop)
 	return b, nil
+}
+
+// OutageBound is how long the connection to NATS may stay down before
+// every live feed fails (Listener.Fail with ErrUnavailable, which the
+// sidecar turns into close status 1013): clients then resume with since,
+// possibly on another sidecar, rather than wait in silence.
+const OutageBound = 15 * time.Second
+
+func (b *Bus) outageBegan() {
+	b.outageMu.Lock()
+	defer b.outageMu.Unlock()
+	if b.outage != nil {
+		return
+	}
+	b.outage = time.AfterFunc(OutageBound, func() {
+		b.log.Error("nats unreachable, failing every live feed", "for", OutageBound)
+		b.hub.failAll(fmt.Errorf("%w: nats unreachable for %v", ErrUnavailable, OutageBound))
+	})
+}
+
+func (b *Bus) outageEnded() {
+	b.outageMu.Lock()
+	defer b.outageMu.Unlock()
+	if b.outage != nil {
+		b.outage.Stop()
+		b.outage = nil
+	}
 }
 
 // unavailable reports whether err says that JetStream could not serve a
@@ -253,6 +286,7 @@ func (b *Bus) stopBackground() {
 // ends every subscription, then stops the dispatchers. It is idempotent.
 func (b *Bus) Close(ctx context.Context) error {
 	b.stopOnce.Do(func() {
+		b.outageEnded()
 		b.stopBackground()
 		b.reg.close()
 		if err := b.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

@@ -8,6 +8,9 @@ var (
 	// ErrGapUnrepaired is passed to Listener.Fail when the live path lost an
 	// event that could not be read back from the stream.
 	ErrGapUnrepaired = errors.New("live gap could not be repaired from the stream")
+	// ErrUnavailable is passed to Listener.Fail when NATS or the stream
+	// could not be read for too long to keep the feed's promise.
+	ErrUnavailable = errors.New("stream unavailable")
 	// ErrBadLiveMessage is logged when a live message lacks the republish headers.
 	ErrBadLiveMessage = errors.New("live message without republish headers")
 	// ErrStreamConflict is returned by Open when an existing stream

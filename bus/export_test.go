@@ -17,3 +17,6 @@ var (
 	ReconcileStream = reconcileStream
 	SubjectCovers   = subjectCovers
 )
+
+// ResyncFailures counts the resync reads that failed and were retried.
+func ResyncFailures(b *Bus) uint64 { return b.hub.resyncFails.Load() }

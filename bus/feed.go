@@ -45,6 +45,7 @@ type hub struct {
 	wg      sync.WaitGroup
 
 	gapsRepaired atomic.Uint64
+	resyncFails  atomic.Uint64 // reads of a resync that failed (and were retried)
 }
 
 // feed is the live path of one thread on this sidecar.
@@ -57,10 +58,14 @@ type feed struct {
 	// repair on purpose: no live message may be judged before the position
 	// it is judged against is known.
 	mu        sync.Mutex
-	ready     bool        // last is known
-	closed    atomic.Bool // stopped: unsubscribed, to be replaced by a new feed; set with mu held
-	last      uint64      // sequence of the last event delivered (or the position at start)
-	listeners []Listener  // a set; a slice costs a thread with one listener 16 bytes, a map ~200
+	ready     bool         // last is known
+	closed    atomic.Bool  // stopped: unsubscribed, to be replaced by a new feed; set with mu held
+	resyncing bool         // a resync reads the stream: live messages are left to it
+	missed    bool         // a live message came while resyncing: read again
+	need      uint64       // a live message said this sequence was stored: the resync must deliver it
+	lastLive  atomic.Int64 // unix nanoseconds of the last live message, for the idle check
+	last      uint64       // sequence of the last event delivered (or the position at start)
+	listeners []Listener   // a set; a slice costs a thread with one listener 16 bytes, a map ~200
 }
 
 func newHub(b *Bus, shards int) *hub {
@@ -227,6 +232,7 @@ func (h *hub) dispatch(msg *nats.Msg) {
 		h.b.log.Warn("dropping live message", "thread", tid, "err", err)
 		return
 	}
+	f.lastLive.Store(time.Now().UnixNano())
 	f.mu.Lock()
 	h.dispatchLocked(f, msg, seq, prev, ts)
 	f.mu.Unlock()
@@ -248,17 +254,32 @@ func (h *hub) dispatchLocked(f *feed, msg *nats.Msg, seq, prev uint64, ts time.T
 	if seq <= f.last {
 		return // already delivered, or stored before the feed's position
 	}
+	if f.resyncing {
+		f.missed = true // stored: the resync reads it
+		return
+	}
 	if prev > f.last {
-		if err := h.repairLocked(f, prev, seq); err != nil {
-			h.failLocked(f, err)
-			return
-		}
+		// The live path lost the events after f.last up to prev. A resync
+		// reads them, and this one, from the stream, off the dispatcher
+		// that f shares with other threads.
+		f.need = max(f.need, prev)
+		h.startResyncLocked(f)
+		return
 	}
 	f.deliverLocked(Event{Thread: f.tid, Seq: seq, Time: ts, Frame: frame.Event(msg.Data, f.tid, seq)})
 }
 
 // resyncDelay lets a burst of drops end before the stream is read.
 const resyncDelay = 100 * time.Millisecond
+
+// Resync retries: a resync that cannot read the stream tries again, with
+// backoff, until it has delivered everything stored or the feed has been
+// unable to for resyncGiveUp, when its listeners are told (Fail).
+const (
+	resyncRetryFirst = 100 * time.Millisecond
+	resyncRetryMax   = 2 * time.Second
+	resyncGiveUp     = 30 * time.Second
+)
 
 // slowConsumer is told that the NATS client dropped messages of sub. A lost
 // message is normally revealed by the next one (its Nats-Last-Sequence), but
@@ -279,20 +300,39 @@ func (h *hub) slowConsumer(sub *nats.Subscription) {
 // resyncAll resyncs every feed, after a reconnect: messages published while
 // the connection was down were not delivered to it.
 func (h *hub) resyncAll() {
-	h.mu.Lock()
-	feeds := make([]*feed, 0, len(h.feeds))
-	for _, f := range h.feeds {
-		feeds = append(feeds, f)
-	}
-	h.mu.Unlock()
-	for _, f := range feeds {
+	for _, f := range h.snapshot() {
 		h.resync(f)
 	}
 }
 
-// resync delivers, on a goroutine of its own, the events of f's thread
-// stored after the last one it delivered.
+// snapshot returns the feeds of the hub.
+func (h *hub) snapshot() []*feed {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	feeds := make([]*feed, 0, len(h.feeds))
+	for _, f := range h.feeds {
+		feeds = append(feeds, f)
+	}
+	return feeds
+}
+
+// resync delivers the events of f's thread stored after the last one it
+// delivered, on a goroutine of its own, unless one runs already.
 func (h *hub) resync(f *feed) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h.startResyncLocked(f)
+}
+
+// startResyncLocked starts f's resync. Until it ends, live messages are
+// left to it: it reads the stream until a read found everything stored
+// and no live message came meanwhile. The stream is read without f.mu
+// held, so that the dispatcher f shares with other threads never waits
+// for it.
+func (h *hub) startResyncLocked(f *feed) {
+	if f.closed.Load() || !f.ready || f.resyncing {
+		return
+	}
 	h.mu.Lock()
 	if h.stopped {
 		h.mu.Unlock()
@@ -300,64 +340,99 @@ func (h *hub) resync(f *feed) {
 	}
 	h.wg.Add(1)
 	h.mu.Unlock()
+	f.resyncing = true
 	go func() {
 		defer h.wg.Done()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.closed.Load() || !f.ready {
-			return
-		}
-		from := f.last
-		ctx, cancel := context.WithTimeout(context.Background(), feedIOTimeout)
-		defer cancel()
-		err := h.b.History(ctx, f.tid, Start{AfterSeq: from}, func(ev Event, _ uint64) bool {
-			f.deliverLocked(ev)
-			return true
-		})
-		if err == nil { // what a lagging replica lacked
-			_, err = h.b.readTail(ctx, f.tid, Start{AfterSeq: f.last}, 0, func(ev Event) bool {
-				f.deliverLocked(ev)
-				return true
-			})
-		}
-		if err != nil {
-			h.b.log.Warn("live resync failed", "thread", f.tid, "after_seq", from, "err", err)
-			return
-		}
-		if f.last > from {
-			h.gapsRepaired.Add(1)
-			h.b.log.Info("live gap repaired", "thread", f.tid, "after_seq", from, "through_seq", f.last)
-		}
+		h.resyncLoop(f)
 	}()
 }
 
-// repairLocked delivers the events between f.last and before, which the live
-// path lost, reading them from the stream. prev is the sequence the stream
-// says came before `before`. What the replica that answers the direct get
-// lacks is read from the leader (see leader.go).
-func (h *hub) repairLocked(f *feed, prev, before uint64) error {
-	from := f.last
-	ctx, cancel := context.WithTimeout(context.Background(), feedIOTimeout)
-	defer cancel()
-	err := h.b.History(ctx, f.tid, Start{AfterSeq: f.last}, func(ev Event, _ uint64) bool {
-		if ev.Seq >= before {
-			return false
+func (h *hub) resyncLoop(f *feed) {
+	delay := resyncRetryFirst
+	began := time.Now()
+	for {
+		f.mu.Lock()
+		if f.closed.Load() {
+			f.mu.Unlock()
+			return
 		}
-		f.deliverLocked(ev)
+		from := f.last
+		f.missed = false
+		f.mu.Unlock()
+
+		evs, err := h.readAfter(f.tid, from)
+
+		f.mu.Lock()
+		if f.closed.Load() {
+			f.mu.Unlock()
+			return
+		}
+		for _, ev := range evs {
+			if ev.Seq > f.last {
+				if f.need > f.last && ev.Seq > f.need {
+					break // the event at f.need is gone (checked below)
+				}
+				f.deliverLocked(ev)
+			}
+		}
+		if err == nil && f.need > f.last {
+			// The stream no longer holds an event the live path lost
+			// (retention removed it): the feed cannot go on without a gap.
+			h.failLocked(f, fmt.Errorf("%w: thread %s, events after %d up to %d", ErrGapUnrepaired, f.tid, f.last, f.need))
+			f.mu.Unlock()
+			h.forget(f)
+			return
+		}
+		if err == nil && !f.missed {
+			f.resyncing = false
+			through := f.last
+			f.mu.Unlock()
+			if through > from {
+				h.gapsRepaired.Add(1)
+				h.b.log.Info("live gap repaired", "thread", f.tid, "after_seq", from, "through_seq", through)
+			}
+			return
+		}
+		if err != nil && time.Since(began) > resyncGiveUp {
+			h.failLocked(f, fmt.Errorf("%w: thread %s: resync failed for %v: %v", ErrUnavailable, f.tid, resyncGiveUp, err))
+			f.mu.Unlock()
+			h.forget(f)
+			return
+		}
+		f.mu.Unlock()
+		if err == nil {
+			continue // live messages came during the read: read them
+		}
+		h.resyncFails.Add(1)
+		h.b.log.Warn("live resync failed, retrying", "thread", f.tid, "after_seq", from, "retry_in", delay, "err", err)
+		select {
+		case <-h.done:
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, resyncRetryMax)
+	}
+}
+
+// readAfter reads the events of tid stored after the sequence from,
+// through what the stream leader holds.
+func (h *hub) readAfter(tid string, from uint64) ([]Event, error) {
+	ctx, cancel := context.WithTimeout(h.b.bg, feedIOTimeout)
+	defer cancel()
+	var evs []Event
+	last := from
+	err := h.b.History(ctx, tid, Start{AfterSeq: from}, func(ev Event, _ uint64) bool {
+		evs = append(evs, ev)
+		last = ev.Seq
 		return true
 	})
-	if err == nil && f.last < prev {
-		_, err = h.b.readTail(ctx, f.tid, Start{AfterSeq: f.last}, prev, func(ev Event) bool {
-			f.deliverLocked(ev)
+	if err == nil { // what a lagging replica lacked
+		_, err = h.b.readTail(ctx, tid, Start{AfterSeq: last}, 0, func(ev Event) bool {
+			evs = append(evs, ev)
 			return true
 		})
 	}
-	if f.last < prev {
-		return fmt.Errorf("%w: thread %s, events after %d up to %d: %v", ErrGapUnrepaired, f.tid, f.last, prev, err)
-	}
-	h.gapsRepaired.Add(1)
-	h.b.log.Info("live gap repaired", "thread", f.tid, "after_seq", from, "through_seq", prev)
-	return nil
+	return evs, err
 }
 
 // add adds l to the listeners unless it is one already. Called with f.mu held.
@@ -429,4 +504,70 @@ func streamHeader(h nats.Header, key string) string {
 		return ""
 	}
 	return v[len(v)-1]
+}
+
+// IdleCheckInterval is how often the last stored event of each feed that
+// received no live message for that long is compared with the last one it
+// delivered: an event stored but never republished (the republish is
+// at-most-once, and a lost last event has no successor to reveal it) is
+// then read from the stream. It bounds how long such an event waits.
+const IdleCheckInterval = 2 * time.Second
+
+// idleLoop runs the idle check every IdleCheckInterval until the bus closes.
+func (h *hub) idleLoop() {
+	tick := time.NewTicker(IdleCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.b.bg.Done():
+			return
+		case <-tick.C:
+			h.checkIdle()
+		}
+	}
+}
+
+// checkIdle resyncs the idle feeds whose thread has an event stored after
+// the last one they delivered. The lookups are batched (lastSeqReader.read).
+func (h *hub) checkIdle() {
+	quiet := time.Now().Add(-IdleCheckInterval).UnixNano()
+	var feeds []*feed
+	var subjs []string
+	for _, f := range h.snapshot() {
+		if f.closed.Load() || f.lastLive.Load() > quiet {
+			continue
+		}
+		out, _ := subjects.ThreadOut(f.tid) // valid: the feed subscribed
+		feeds = append(feeds, f)
+		subjs = append(subjs, out)
+	}
+	if len(feeds) == 0 {
+		return
+	}
+	seqs, err := h.b.last.read(subjs)
+	if err != nil {
+		h.b.log.Warn("idle feed check failed", "feeds", len(feeds), "err", err)
+		return
+	}
+	for i, f := range feeds {
+		f.mu.Lock()
+		if f.ready && seqs[subjs[i]] > f.last {
+			h.b.log.Info("idle feed is behind the stream, resyncing", "thread", f.tid, "last_seq", f.last, "stored_seq", seqs[subjs[i]])
+			h.startResyncLocked(f)
+		}
+		f.mu.Unlock()
+	}
+}
+
+// failAll tells the listeners of every feed that it cannot go on, and
+// stops the feeds: their connections resume elsewhere or later.
+func (h *hub) failAll(err error) {
+	for _, f := range h.snapshot() {
+		f.mu.Lock()
+		if !f.closed.Load() {
+			h.failLocked(f, err)
+		}
+		f.mu.Unlock()
+		h.forget(f)
+	}
 }

@@ -159,8 +159,10 @@ func TestGapRepair(t *testing.T) {
 			t.Errorf("event %d: time %v, stored %v", ev.Seq, ev.Time, stamp)
 		}
 	}
-	if got := e.bus.GapsRepaired() - before; got != 3 {
-		t.Errorf("GapsRepaired went up by %d, want 3 (one per run of lost events)", got)
+	// A repair reads everything stored after the last delivered event:
+	// one may fill several runs when the next were stored already.
+	if got := e.bus.GapsRepaired() - before; got < 1 || got > 3 {
+		t.Errorf("GapsRepaired went up by %d, want 1 to 3 (at most one per run of lost events)", got)
 	}
 }
 
