@@ -7,10 +7,13 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/threadbus/threadbus/subjects"
 )
 
 // syncQueueLen sizes the channel of a synchronous subscription: history and
@@ -54,12 +57,14 @@ type Bus struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	stream jetstream.Stream
-	epoch  string
-	hub    *hub
-	scan   *scanner
-	bounds boundsReader
-	last   lastSeqReader
-	reg    *registry
+	epoch  atomic.Pointer[string]
+	// streamErr is why THREADS cannot be used now (nil: it can), for Ready.
+	streamErr atomic.Pointer[error]
+	hub       *hub
+	scan      *scanner
+	bounds    boundsReader
+	last      lastSeqReader
+	reg       *registry
 
 	// Background reads shared by callers (scans, stream bounds) run on
 	// goroutines under bg, which Close cancels and waits for.
@@ -114,7 +119,12 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 			b.outageEnded()
-			b.hub.resyncAll()
+			// A feed's position means nothing in another incarnation of
+			// the stream: check it before the feeds resync.
+			b.goBackground(func() {
+				b.checkStream(b.bg)
+				b.hub.resyncAll()
+			})
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subj := ""
@@ -151,7 +161,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		b.hub.stop()
 		return nil, err
 	}
-	b.epoch = epochOf(b.stream.CachedInfo())
+	b.setEpoch(epochOf(b.stream.CachedInfo()))
 	err = retryUnavailable(ctx, b.log, "open the bindings registry", func() error {
 		var err error
 		b.reg, err = openRegistry(ctx, b, cfg.RegistryTTL, b.cfg.Replicas)
@@ -251,14 +261,56 @@ func (b *Bus) JetStream() jetstream.JetStream { return b.js }
 
 // Epoch names this incarnation of the THREADS stream. Sequences are only
 // comparable between equal epochs.
-func (b *Bus) Epoch() string { return b.epoch }
+func (b *Bus) Epoch() string { return *b.epoch.Load() }
 
-// Ready reports whether JetStream answers.
+func (b *Bus) setEpoch(e string) { b.epoch.Store(&e) }
+
+// Ready reports whether the THREADS stream can be read and written: it
+// answers, has a leader, and is the incarnation the feeds follow.
 func (b *Bus) Ready(ctx context.Context) error {
-	if _, err := b.js.AccountInfo(ctx); err != nil {
-		return fmt.Errorf("jetstream not ready: %w", err)
+	if !b.nc.IsConnected() {
+		return fmt.Errorf("not ready: %w", nats.ErrConnectionClosed)
+	}
+	if err := b.streamErr.Load(); err != nil {
+		return fmt.Errorf("not ready: %w", *err)
+	}
+	info, err := b.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("not ready: stream %s: %w", subjects.Stream, err)
+	}
+	if info.Cluster != nil && info.Cluster.Leader == "" {
+		return fmt.Errorf("not ready: stream %s has no leader", subjects.Stream)
 	}
 	return nil
+}
+
+// checkStream reads the stream's info. A stream that was deleted is
+// created again (with this sidecar's flags); a stream re-created since the
+// last check (another creation time: another epoch, whose sequences start
+// again) fails every live feed with ErrStreamChanged, so that clients
+// resume and learn that their positions belong to the old epoch.
+func (b *Bus) checkStream(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
+	defer cancel()
+	info, err := b.stream.Info(ctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		b.log.Warn("stream missing, creating it again", "stream", subjects.Stream)
+		var s jetstream.Stream
+		if s, err = ensureStream(ctx, b.js, StreamConfig(b.cfg.Retention, b.cfg.Replicas), b.log); err == nil {
+			info = s.CachedInfo()
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("stream %s: %w", subjects.Stream, err)
+		b.streamErr.Store(&err)
+		return
+	}
+	b.streamErr.Store(nil)
+	if e := epochOf(info); e != b.Epoch() {
+		b.log.Warn("stream re-created: new epoch, failing every live feed", "stream", subjects.Stream, "old_epoch", b.Epoch(), "epoch", e)
+		b.setEpoch(e)
+		b.hub.failAll(fmt.Errorf("%w: epoch %s", ErrStreamChanged, e))
+	}
 }
 
 // goBackground runs fn on a goroutine that Close waits for, unless Close

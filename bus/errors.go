@@ -11,6 +11,9 @@ var (
 	// ErrUnavailable is passed to Listener.Fail when NATS or the stream
 	// could not be read for too long to keep the feed's promise.
 	ErrUnavailable = errors.New("stream unavailable")
+	// ErrStreamChanged is passed to Listener.Fail when THREADS was
+	// re-created: sequences of the old epoch mean nothing in the new one.
+	ErrStreamChanged = errors.New("stream re-created")
 	// ErrBadLiveMessage is logged when a live message lacks the republish headers.
 	ErrBadLiveMessage = errors.New("live message without republish headers")
 	// ErrStreamConflict is returned by Open when an existing stream

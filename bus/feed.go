@@ -506,7 +506,8 @@ func streamHeader(h nats.Header, key string) string {
 	return v[len(v)-1]
 }
 
-// IdleCheckInterval is how often the last stored event of each feed that
+// IdleCheckInterval is how often the stream's incarnation is checked (see
+// Bus.checkStream), and how often the last stored event of each feed that
 // received no live message for that long is compared with the last one it
 // delivered: an event stored but never republished (the republish is
 // at-most-once, and a lost last event has no successor to reveal it) is
@@ -522,6 +523,7 @@ func (h *hub) idleLoop() {
 		case <-h.b.bg.Done():
 			return
 		case <-tick.C:
+			h.b.checkStream(h.b.bg)
 			h.checkIdle()
 		}
 	}

@@ -1,10 +1,12 @@
 package bus_test
 
 import (
+	"errors"
 	"slices"
 	"testing"
 
 	"github.com/threadbus/threadbus/bus"
+	"github.com/threadbus/threadbus/subjects"
 )
 
 // TestIdleCheckFindsUnrepublishedEvent: the last event of a thread is
@@ -71,4 +73,45 @@ func setDirect(t *testing.T, e *testEnv, on bool) {
 	if _, err := e.js.UpdateStream(testCtx(t), cfg); err != nil {
 		t.Fatalf("update stream with direct gets %v: %v", on, err)
 	}
+}
+
+// TestStreamRecreated: THREADS is deleted while a listener is joined. The
+// bus creates it again, moves to the new epoch and fails the feed with
+// ErrStreamChanged (the sidecar closes such connections with 1013, and
+// their resumes with the old epoch get recovered:false).
+func TestStreamRecreated(t *testing.T) {
+	e := newEnv(t)
+	old := e.bus.Epoch()
+	e.publishEvent(t, "reborn", []byte(`{}`))
+	var r recorder
+	if _, err := e.bus.Join(testCtx(t), "reborn", &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.js.DeleteStream(testCtx(t), subjects.Stream); err != nil {
+		t.Fatalf("delete stream: %v", err)
+	}
+	waitFor(t, "the feed to fail", func() bool {
+		_, failed := r.snapshot()
+		return len(failed) > 0
+	})
+	if _, failed := r.snapshot(); !errors.Is(failed[0], bus.ErrStreamChanged) {
+		t.Errorf("feed failed with %v, want ErrStreamChanged", failed[0])
+	}
+	if e.bus.Epoch() == old {
+		t.Error("epoch unchanged after the stream was re-created")
+	}
+	if _, err := e.js.Stream(testCtx(t), subjects.Stream); err != nil {
+		t.Errorf("stream not created again: %v", err)
+	}
+	if err := e.bus.Ready(testCtx(t)); err != nil {
+		t.Errorf("Ready after the stream was created again: %v", err)
+	}
+	// A new feed of the new epoch delivers the new stream's events.
+	var r2 recorder
+	if _, err := e.bus.Join(testCtx(t), "reborn", &r2); err != nil {
+		t.Fatal(err)
+	}
+	defer e.bus.Leave("reborn", &r2)
+	seq := e.publishEvent(t, "reborn", []byte(`{}`))
+	r2.waitSeq(t, "new listener", seq)
 }
