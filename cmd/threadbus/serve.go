@@ -35,6 +35,9 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-url", Usage: "NATS server or cluster to use; empty starts an embedded server", EnvVars: envVars("NATS_URL")},
 			&cli.StringFlag{Name: "nats-listen", Value: "127.0.0.1:4222", Usage: "embedded NATS server's client address, for agents", EnvVars: envVars("NATS_LISTEN")},
 			&cli.StringFlag{Name: "data-dir", Value: "./threadbus-data", Usage: "embedded NATS server's JetStream storage", EnvVars: envVars("DATA_DIR")},
+			&cli.StringFlag{Name: "nats-cluster-listen", Usage: "embedded NATS server's cluster address (host:port): forms a JetStream cluster with --nats-routes", EnvVars: envVars("NATS_CLUSTER_LISTEN")},
+			&cli.StringSliceFlag{Name: "nats-routes", Usage: "cluster addresses (host:port) of the embedded servers of the other sidecars (repeatable, or comma-separated)", EnvVars: envVars("NATS_ROUTES")},
+			&cli.StringFlag{Name: "nats-cluster-name", Value: "threadbus", Usage: "name of the embedded servers' cluster", EnvVars: envVars("NATS_CLUSTER_NAME")},
 			&cli.StringFlag{Name: "nats-config", Usage: "nats-server config file for the embedded server", EnvVars: envVars("NATS_CONFIG")},
 			&cli.DurationFlag{Name: "replay-grace", Value: sidecar.DefaultReplayGrace, Usage: "how far back a binding without since replays", EnvVars: envVars("REPLAY_GRACE")},
 			&cli.DurationFlag{Name: "retention", Value: bus.DefaultRetention, Usage: "how long the THREADS stream keeps frames and events", EnvVars: envVars("RETENTION")},
@@ -59,12 +62,17 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			return serve(c.Context, log, serveConfig{
-				auth:        ac,
-				listen:      c.String("listen"),
-				natsURL:     c.String("nats-url"),
-				natsListen:  c.String("nats-listen"),
-				dataDir:     c.String("data-dir"),
-				natsConfig:  c.String("nats-config"),
+				auth:       ac,
+				listen:     c.String("listen"),
+				natsURL:    c.String("nats-url"),
+				natsListen: c.String("nats-listen"),
+				dataDir:    c.String("data-dir"),
+				natsConfig: c.String("nats-config"),
+				cluster: clusterConfig{
+					listen: c.String("nats-cluster-listen"),
+					routes: c.StringSlice("nats-routes"),
+					name:   c.String("nats-cluster-name"),
+				},
 				retention:   c.Duration("retention"),
 				registryTTL: c.Duration("registry-ttl"),
 				ui:          c.Bool("ui"),
@@ -89,7 +97,14 @@ type serveConfig struct {
 	auth                                             authConfig
 	ui                                               bool // serve the viewer at /
 	replicas                                         int
+	cluster                                          clusterConfig
 	sidecar                                          sidecar.Config
+}
+
+// clusterConfig is the embedded server's cluster, if any.
+type clusterConfig struct {
+	listen, name string
+	routes       []string
 }
 
 // serve runs the sidecar until ctx is cancelled, then shuts down in order:
@@ -107,10 +122,13 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	url := cfg.natsURL
 	if url == "" {
 		ns, err := bus.StartServer(bus.ServerConfig{
-			Listen:     cfg.natsListen,
-			StoreDir:   cfg.dataDir,
-			ConfigFile: cfg.natsConfig,
-			Logger:     log,
+			Listen:        cfg.natsListen,
+			StoreDir:      cfg.dataDir,
+			ConfigFile:    cfg.natsConfig,
+			ClusterListen: cfg.cluster.listen,
+			ClusterName:   cfg.cluster.name,
+			Routes:        cfg.cluster.routes,
+			Logger:        log,
 		})
 		if err != nil {
 			return err
@@ -121,6 +139,10 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 		}()
 		url = ns.ClientURL()
 		logEmbedded(log, ns)
+		if cfg.cluster.listen != "" && cfg.replicas == 0 {
+			// Other servers may not have joined yet: do not infer it.
+			cfg.replicas = min(3, 1+len(cfg.cluster.routes))
+		}
 	}
 	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, Replicas: cfg.replicas, RegistryTTL: cfg.registryTTL, Logger: log})
 	if err != nil {
