@@ -54,18 +54,19 @@ type feed struct {
 	sub *nats.Subscription
 
 	// mu orders everything that reads or moves the position: dispatch,
-	// joins, gap repair. It is held across the position lookup and the gap
-	// repair on purpose: no live message may be judged before the position
-	// it is judged against is known.
+	// joins, resyncs. It is never held across I/O: the dispatcher that
+	// delivers f's live messages serves other threads too.
 	mu        sync.Mutex
-	ready     bool         // last is known
-	closed    atomic.Bool  // stopped: unsubscribed, to be replaced by a new feed; set with mu held
-	resyncing bool         // a resync reads the stream: live messages are left to it
-	missed    bool         // a live message came while resyncing: read again
-	need      uint64       // a live message said this sequence was stored: the resync must deliver it
-	lastLive  atomic.Int64 // unix nanoseconds of the last live message, for the idle check
-	last      uint64       // sequence of the last event delivered (or the position at start)
-	listeners []Listener   // a set; a slice costs a thread with one listener 16 bytes, a map ~200
+	ready     bool          // last is known
+	closed    atomic.Bool   // stopped: unsubscribed, to be replaced by a new feed; set with mu held
+	resyncing bool          // a resync reads the stream: live messages are left to it
+	missed    bool          // a live message came while resyncing: read again
+	need      uint64        // a live message said this sequence was stored: the resync must deliver it
+	lastLive  atomic.Int64  // unix nanoseconds of the last live message, for the idle check
+	looking   chan struct{} // closed when the position lookup under way ends
+	early     uint64        // highest live sequence seen before the position was known
+	last      uint64        // sequence of the last event delivered (or the position at start)
+	listeners []Listener    // a set; a slice costs a thread with one listener 16 bytes, a map ~200
 }
 
 func newHub(b *Bus, shards int) *hub {
@@ -115,17 +116,25 @@ func (b *Bus) Join(ctx context.Context, tid string, l Listener) (uint64, error) 
 			f.mu.Unlock()
 			continue
 		}
-		if !f.ready {
-			if err := b.hub.position(ctx, f); err != nil {
-				f.mu.Unlock()
-				b.hub.release(f)
-				return 0, err
+		if f.ready {
+			f.add(l)
+			pos := f.last
+			f.mu.Unlock()
+			return pos, nil
+		}
+		if wait := f.looking; wait != nil {
+			f.mu.Unlock()
+			select {
+			case <-wait: // the lookup under way ended: look again
+				continue
+			case <-ctx.Done():
+				return 0, ctx.Err()
 			}
 		}
-		f.add(l)
-		pos := f.last
-		f.mu.Unlock()
-		return pos, nil
+		if err := b.hub.position(ctx, f); err != nil {
+			b.hub.release(f)
+			return 0, err
+		}
 	}
 }
 
@@ -199,19 +208,35 @@ func (h *hub) shardOf(tid string) chan *nats.Msg {
 	return h.shards[sum.Sum32()%uint32(len(h.shards))]
 }
 
-// position looks up the last stored event of f's thread. Called with f.mu
-// held, after f's subscription was sent to the server: every event stored
-// later is republished to it.
+// position looks up the last stored event of f's thread, after f's
+// subscription was sent to the server: every event stored later is
+// republished to it. Called with f.mu held, which it releases during the
+// lookup (the dispatcher f shares with other threads must not wait for it)
+// and returns unlocked. Live messages that come meanwhile are not
+// delivered: the feed resyncs once it has its position if one was newer.
 func (h *hub) position(ctx context.Context, f *feed) error {
+	done := make(chan struct{})
+	f.looking = done
+	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
 	defer cancel()
 	out, _ := subjects.ThreadOut(f.tid) // valid: the feed subscribed to its live subject
 	seq, err := h.b.last.lastSeq(ctx, out)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.looking = nil
+	close(done)
 	if err != nil {
 		return fmt.Errorf("last event of %s: %w", out, err)
 	}
+	if f.closed.Load() {
+		return nil // the next turn of Join sees it
+	}
 	f.last = seq
 	f.ready = true
+	if f.early > seq {
+		h.startResyncLocked(f)
+	}
 	return nil
 }
 
@@ -246,10 +271,8 @@ func (h *hub) dispatchLocked(f *feed, msg *nats.Msg, seq, prev uint64, ts time.T
 		return
 	}
 	if !f.ready {
-		if err := h.position(context.Background(), f); err != nil {
-			h.failLocked(f, err)
-			return
-		}
+		f.early = max(f.early, seq) // a Join looks the position up
+		return
 	}
 	if seq <= f.last {
 		return // already delivered, or stored before the feed's position
