@@ -56,41 +56,52 @@ func (b *Bus) History(ctx context.Context, tid string, start Start, fn func(ev E
 		from = jetstreamext.GetBatchStartTime(start.Time)
 	}
 	for {
-		msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, historyBatch, jetstreamext.GetBatchSubject(subj), from)
-		if err != nil {
-			return fmt.Errorf("read history of %s: %w", subj, err)
-		}
-		n, last, pending := 0, uint64(0), uint64(0)
-		for m, err := range msgs {
-			if errors.Is(err, jetstreamext.ErrNoMessages) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("read history of %s: %w", subj, err)
-			}
-			n++
-			seq, ts := streamSeqTime(m)
-			last = seq
-			pending = numPending(m)
-			if !fn(Event{Thread: tid, Seq: seq, Time: ts, Frame: frame.Event(m.Data, tid, seq)}, pending) {
-				return nil
-			}
-		}
-		if n == 0 {
-			// The stream answers a read with nothing to return with
-			// ErrNoMessages (above). GetBatch ends without an error when
-			// no reply came in time (natsext.RequestMany swallows timeouts),
-			// which must not pass for a thread without events.
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("read history of %s: %w", subj, err)
-			}
-			return fmt.Errorf("read history of %s: no reply from stream %s", subj, subjects.Stream)
-		}
-		if pending == 0 {
-			return nil
+		last, more, err := b.historyBatch(ctx, tid, subj, from, fn)
+		if err != nil || !more {
+			return err
 		}
 		from = jetstreamext.GetBatchSeq(last + 1)
 	}
+}
+
+// historyBatch reads one batch of History. more says whether the thread
+// has events after last that fn wants.
+func (b *Bus) historyBatch(ctx context.Context, tid, subj string, from jetstreamext.GetBatchOpt, fn func(ev Event, pending uint64) bool) (last uint64, more bool, err error) {
+	// Each batch has its own timeout: a replay paced by a slow client may
+	// last much longer than any one read.
+	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
+	defer cancel()
+	msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, historyBatch, jetstreamext.GetBatchSubject(subj), from)
+	if err != nil {
+		return 0, false, fmt.Errorf("read history of %s: %w", subj, err)
+	}
+	n, pending := 0, uint64(0)
+	for m, err := range msgs {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			return 0, false, nil
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("read history of %s: %w", subj, err)
+		}
+		n++
+		seq, ts := streamSeqTime(m)
+		last = seq
+		pending = numPending(m)
+		if !fn(Event{Thread: tid, Seq: seq, Time: ts, Frame: frame.Event(m.Data, tid, seq)}, pending) {
+			return last, false, nil
+		}
+	}
+	if n == 0 {
+		// The stream answers a read with nothing to return with
+		// ErrNoMessages (above). GetBatch ends without an error when no
+		// reply came in time (natsext.RequestMany swallows timeouts),
+		// which must not pass for a thread without events.
+		if err := ctx.Err(); err != nil {
+			return 0, false, fmt.Errorf("read history of %s: %w", subj, err)
+		}
+		return 0, false, fmt.Errorf("read history of %s: no reply from stream %s", subj, subjects.Stream)
+	}
+	return last, pending > 0, nil
 }
 
 func numPending(m *jetstream.RawStreamMsg) uint64 {

@@ -46,6 +46,8 @@ func (b *Bus) leaderNext(ctx context.Context, subj string, seq uint64, at time.T
 		r.Seq, r.Start = 0, &at
 	}
 	req, _ := json.Marshal(r) // plain struct: always marshals
+	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
+	defer cancel()
 	resp, err := b.nc.RequestWithContext(ctx, subjects.StreamMsgGet, req)
 	if err != nil {
 		return nil, fmt.Errorf("leader get %s from %d: %w", subj, seq, err)

@@ -97,6 +97,8 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	}
 	start, recovered, err := c.replayStart(ctx, since, epoch)
 	if err != nil {
+		c.s.metrics.BindErrors.Inc()
+		c.log.Warn("bind failed", "thread", tid, "via", via, "err", err)
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
 	}
 	began := time.Now()
@@ -136,7 +138,10 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	if old != nil && old.tid != tid {
 		c.s.bus.DeleteBinding(old.tid, c.id)
 	}
-	replayed, err := c.replay(ctx, nb, start, pos, recovered)
+	// Once thread_bound has promised its events, the replay ends when they
+	// are sent, however slowly the client takes them (each read has its
+	// own timeout; the send queue's rules end a client that stops reading).
+	replayed, err := c.replay(c.s.ctx, nb, start, pos, recovered)
 	if err != nil {
 		c.s.bus.Leave(tid, nb)
 		c.unbind(nb)
@@ -158,7 +163,11 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	}
 	c.mu.Unlock()
 	if !live {
-		c.s.bus.Leave(tid, nb) // end() has deleted the registry entry
+		// end() ran meanwhile; its registry delete may have come before
+		// the put above: delete again, or the entry would be refreshed
+		// for ever.
+		c.s.bus.Leave(tid, nb)
+		c.s.bus.DeleteBinding(tid, c.id)
 		return frame.Bound{}, ErrConnClosed
 	}
 	took := time.Since(began)
