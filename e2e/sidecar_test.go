@@ -60,6 +60,16 @@ var (
 // is printed if the test failed.
 func startSidecar(t testing.TB, cfg sidecarConfig) *sidecar {
 	t.Helper()
+	s, ready, start := launchSidecar(t, cfg)
+	s.waitReady(t, ready, start)
+	return s
+}
+
+// launchSidecar starts threadbus serve; waitReady waits for its ready line.
+// Sidecars that form a cluster of their embedded servers are launched
+// together: none is ready before the cluster has a leader.
+func launchSidecar(t testing.TB, cfg sidecarConfig) (*sidecar, <-chan [2]string, time.Time) {
+	t.Helper()
 	if err := trackSourcesOnce(); err != nil {
 		t.Fatalf("track the sources of the binary: %v", err)
 	}
@@ -130,6 +140,11 @@ func startSidecar(t testing.TB, cfg sidecarConfig) *sidecar {
 		}
 	})
 
+	return s, ready, start
+}
+
+func (s *sidecar) waitReady(t testing.TB, ready <-chan [2]string, start time.Time) {
+	t.Helper()
 	select {
 	case addrs := <-ready:
 		s.HTTPAddr, s.NATSURL = addrs[0], addrs[1]
@@ -145,7 +160,12 @@ func startSidecar(t testing.TB, cfg sidecarConfig) *sidecar {
 		t.Fatalf("threadbus not ready after %v; log:\n%s", readyTimeout, s.logs.tail(logTail))
 	}
 	t.Logf("%s ready in %v: http=%s nats=%s data=%s", s.name, time.Since(start).Round(time.Millisecond), s.HTTPAddr, s.NATSURL, s.DataDir)
-	return s
+}
+
+// kill sends SIGKILL and waits for the process to end.
+func (s *sidecar) kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.exited
 }
 
 // stop sends SIGTERM and waits for the process to exit. It fails the test if
