@@ -523,3 +523,101 @@ func TestFaultNATSRestart(t *testing.T) {
 	}
 	fmt.Fprintf(os.Stderr, "e2e: fault stall: single-node NATS kill -9 and restart: %v\n", stall.Round(time.Millisecond))
 }
+
+// longFaults skips the longer scenarios unless E2E_FAULTS_LONG is set.
+func longFaults(t *testing.T) {
+	t.Helper()
+	if os.Getenv("E2E_FAULTS_LONG") == "" {
+		t.Skip("long fault scenario: set E2E_FAULTS_LONG=1")
+	}
+}
+
+// TestFaultLongOutage: NATS stays away longer than the sidecar's outage
+// bound (15 s): bound clients are closed with 1013 rather than left
+// waiting, their binds fail while NATS is away, and once it is back they
+// resume with everything.
+func TestFaultLongOutage(t *testing.T) {
+	longFaults(t)
+	port := reservePort(t)
+	natsNode := &node{name: "nats", nats: "nats://127.0.0.1:" + strconv.Itoa(port),
+		cfg: sidecarConfig{DataDir: t.TempDir(), Args: []string{"--nats-listen", "127.0.0.1:" + strconv.Itoa(port)}}}
+	natsNode.restart(t)
+	sc := startSidecar(t, sidecarConfig{Args: []string{"--nats-url", natsNode.nats}})
+	threads := []string{"oa", "ob"}
+	agent := startFaultAgent(t, []string{natsNode.nats}, threads, 10*time.Millisecond)
+	fs := &faultScenario{t: t, agent: agent, clientsOn: func() []*sidecar { return []*sidecar{sc} }}
+	fs.startClients(threads, 4)
+	time.Sleep(time.Second)
+	natsNode.s.kill()
+	time.Sleep(18 * time.Second)
+	natsNode.restart(t)
+	time.Sleep(3 * time.Second)
+	fs.check("NATS away for 18 s")
+	for _, r := range fs.resumers {
+		r.mu.Lock()
+		if !slices.Contains(r.closes, "StatusTryAgainLater") {
+			t.Errorf("%s was not closed with 1013 during the outage: closes %v", r.name, r.closes)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// TestFaultStreamRecreated: THREADS is deleted while clients are bound.
+// The sidecar creates it again, closes the clients with 1013, and their
+// resumes with the old epoch get recovered:false and the grace replay:
+// every event of the new stream reaches them once, in order.
+func TestFaultStreamRecreated(t *testing.T) {
+	longFaults(t)
+	nd := &node{name: "solo", cfg: sidecarConfig{DataDir: t.TempDir()}}
+	nd.restart(t)
+	threads := []string{"ra", "rb"}
+	old := startFaultAgent(t, []string{nd.s.NATSURL}, threads, 10*time.Millisecond)
+	fs := &faultScenario{t: t, agent: old, clientsOn: func() []*sidecar { return []*sidecar{nd.s} }}
+	fs.startClients(threads, 4)
+	time.Sleep(time.Second)
+	old.finish()
+	if err := old.js.DeleteStream(context.Background(), streamName); err != nil {
+		t.Fatalf("delete stream: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := old.js.Stream(context.Background(), streamName); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sidecar did not create THREADS again")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	marks := map[*resumer]int{}
+	for _, r := range fs.resumers {
+		r.mu.Lock()
+		marks[r] = len(r.got)
+		r.mu.Unlock()
+	}
+	agent := startFaultAgent(t, []string{nd.s.NATSURL}, threads, 10*time.Millisecond)
+	time.Sleep(3 * time.Second)
+	acked, _, _ := agent.finish()
+	for _, r := range fs.resumers {
+		want := acked[r.tid]
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			r.mu.Lock()
+			n := len(r.got)
+			r.mu.Unlock()
+			if n > marks[r] && r.last() == want[len(want)-1] {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		r.mu.Lock()
+		got, notRecov, closes := slices.Clone(r.got[marks[r]:]), r.notRecov, slices.Clone(r.closes)
+		r.mu.Unlock()
+		if !slices.Equal(got, want) {
+			t.Errorf("%s on %s after the re-creation: got %v, want %v (closes %v)", r.name, r.tid, got, want, closes)
+		}
+		if notRecov == 0 {
+			t.Errorf("%s was never told recovered:false", r.name)
+		}
+	}
+}
