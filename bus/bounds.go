@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/threadbus/threadbus/subjects"
 )
@@ -62,17 +63,36 @@ func (br *boundsReader) join() (*boundsRead, error) {
 // run does the read r and then the ones queued behind it.
 func (br *boundsReader) run(r *boundsRead) {
 	for r != nil {
-		ctx, cancel := context.WithTimeout(br.b.bg, feedIOTimeout)
-		if info, err := br.b.stream.Info(ctx); err != nil {
-			r.err = fmt.Errorf("stream %s info: %w", subjects.Stream, err)
-		} else {
-			r.first, r.last = info.State.FirstSeq, info.State.LastSeq
-		}
-		cancel()
+		r.first, r.last, r.err = br.read()
 		close(r.done)
 		br.mu.Lock()
 		r, br.next = br.next, nil
 		br.cur = r
 		br.mu.Unlock()
+	}
+}
+
+// boundsAttempt bounds one stream-info request. Only the stream leader
+// answers; a request sent while replicas elect one is never answered, so
+// it is sent again rather than waited for until feedIOTimeout.
+const boundsAttempt = time.Second
+
+func (br *boundsReader) read() (first, last uint64, err error) {
+	ctx, cancel := context.WithTimeout(br.b.bg, feedIOTimeout)
+	defer cancel()
+	for {
+		actx, acancel := context.WithTimeout(ctx, boundsAttempt)
+		info, err := br.b.stream.Info(actx)
+		acancel()
+		if err == nil {
+			return info.State.FirstSeq, info.State.LastSeq, nil
+		}
+		if ctx.Err() != nil || !unavailable(err) {
+			return 0, 0, fmt.Errorf("stream %s info: %w", subjects.Stream, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond): // an answer that came at once: no leader yet
+		}
 	}
 }

@@ -311,9 +311,32 @@ func (r *resumer) last() uint64 {
 // checks delivery and returns the longest stall.
 type faultScenario struct {
 	t         *testing.T
+	phases    []phase // in time order: the stall of each is reported
 	agent     *faultAgent
 	resumers  []*resumer
 	clientsOn func() []*sidecar // sidecars clients may use now
+}
+
+// phase names the part of a scenario from at on: events acknowledged then
+// count towards its stall.
+type phase struct {
+	name string
+	at   time.Time
+}
+
+func (fs *faultScenario) phase(name string) {
+	fs.phases = append(fs.phases, phase{name, time.Now()})
+}
+
+// phaseOf returns the index of the phase at belongs to, -1 if before all.
+func (fs *faultScenario) phaseOf(at time.Time) int {
+	i := -1
+	for k, p := range fs.phases {
+		if !at.Before(p.at) {
+			i = k
+		}
+	}
+	return i
 }
 
 func (fs *faultScenario) wsURLs(first int) []string {
@@ -355,6 +378,7 @@ func (fs *faultScenario) check(what string) time.Duration {
 		}
 	}
 	var stall time.Duration
+	stalls := make([]time.Duration, len(fs.phases))
 	total := 0
 	for _, r := range fs.resumers {
 		r.mu.Lock()
@@ -369,15 +393,42 @@ func (fs *faultScenario) check(what string) time.Duration {
 		if notRecov > 0 {
 			t.Errorf("%s: %s was told recovered:false %d times", what, r.name, notRecov)
 		}
+		var worst time.Duration
+		var worstSeq uint64
 		for i, s := range got {
 			if a, ok := at[s]; ok {
-				stall = max(stall, gotAt[i].Sub(a))
+				d := gotAt[i].Sub(a)
+				if d > worst {
+					worst, worstSeq = d, s
+				}
+				stall = max(stall, d)
+				if k := fs.phaseOf(a); k >= 0 {
+					stalls[k] = max(stalls[k], d)
+				}
 			}
 		}
 		total += len(got)
+		if worst > 2*time.Second {
+			t.Logf("%s: %s on %s waited %v for seq %d (acked %s); resumed %d times, closes %v, errors %v",
+				what, r.name, r.tid, worst.Round(time.Millisecond), worstSeq, at[worstSeq].Format("15:04:05.000"), resumes, closes, perr)
+		}
 	}
-	t.Logf("%s: %d clients received %d events; agent publish attempts failed: %d; longest stall (ack to delivery): %v",
-		what, len(fs.resumers), total, fails, stall.Round(time.Millisecond))
+	var acks []time.Time
+	for _, a := range at {
+		acks = append(acks, a)
+	}
+	slices.SortFunc(acks, func(a, b time.Time) int { return a.Compare(b) })
+	var pubGap time.Duration
+	for i := 1; i < len(acks); i++ {
+		pubGap = max(pubGap, acks[i].Sub(acks[i-1]))
+	}
+	t.Logf("%s: %d clients received %d events; agent publish attempts failed: %d; longest time without an ack: %v; longest stall (ack to delivery): %v",
+		what, len(fs.resumers), total, fails, pubGap.Round(time.Millisecond), stall.Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "e2e: fault publish gap: %s: %v\n", what, pubGap.Round(time.Millisecond))
+	for k, p := range fs.phases {
+		t.Logf("%s: longest stall of events acked during %q: %v", what, p.name, stalls[k].Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "e2e: fault stall: %s: %v\n", p.name, stalls[k].Round(time.Millisecond))
+	}
 	return stall
 }
 
@@ -478,16 +529,21 @@ func TestFaultCluster(t *testing.T) {
 			break
 		}
 	}
+	fs.phase("steady")
+	time.Sleep(time.Second)
+	fs.phase("stream leader's node killed (-9)")
 	kill(leader)
 	time.Sleep(2 * time.Second)
+	fs.phase("leader's node restarting")
 	revive(leader)
 	time.Sleep(2 * time.Second)
+	fs.phase("follower's node killed (-9)")
 	kill(follower)
 	time.Sleep(2 * time.Second)
+	fs.phase("follower's node restarting")
 	revive(follower)
 	time.Sleep(2 * time.Second)
-	stall := fs.check("leader kill -9 and restart, then a follower's")
-	fmt.Fprintf(os.Stderr, "e2e: fault stall: cluster leader and follower kill -9: %v\n", stall.Round(time.Millisecond))
+	fs.check("leader kill -9 and restart, then a follower's")
 }
 
 // TestFaultNATSRestart: a sidecar on a single-node NATS server (here the
@@ -508,12 +564,15 @@ func TestFaultNATSRestart(t *testing.T) {
 	fs := &faultScenario{t: t, agent: agent, clientsOn: func() []*sidecar { return []*sidecar{sc} }}
 	fs.startClients(threads, 6)
 	time.Sleep(time.Second)
+	fs.phase("steady")
+	time.Sleep(time.Second)
+	fs.phase("NATS killed (-9) and restarted")
 	natsNode.s.kill()
 	t.Log("killed the NATS server (-9)")
 	time.Sleep(2 * time.Second)
 	natsNode.restart(t)
 	time.Sleep(2 * time.Second)
-	stall := fs.check("single-node NATS kill -9 and restart")
+	fs.check("single-node NATS kill -9 and restart")
 	for _, r := range fs.resumers {
 		r.mu.Lock()
 		if r.resumes > 0 {
@@ -521,7 +580,6 @@ func TestFaultNATSRestart(t *testing.T) {
 		}
 		r.mu.Unlock()
 	}
-	fmt.Fprintf(os.Stderr, "e2e: fault stall: single-node NATS kill -9 and restart: %v\n", stall.Round(time.Millisecond))
 }
 
 // longFaults skips the longer scenarios unless E2E_FAULTS_LONG is set.
