@@ -245,3 +245,37 @@ func TestMetrics(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling: the writer counts after the client read
 	}
 }
+
+// TestSlowReplayOutlastsBindTimeout: a replay paced by a client that reads
+// slowly lasts longer than the bind timeout; after thread_bound promised
+// its events, every one of them arrives (it used to end in bind_failed).
+func TestSlowReplayOutlastsBindTimeout(t *testing.T) {
+	e := newEnv(t, sidecar.Config{BindTimeout: 300 * time.Millisecond, SendQueueBytes: 64 << 10})
+	// 5 MiB: more than the socket buffers hold, so the client's pace is
+	// the replay's.
+	pad := strings.Repeat("x", 16<<10)
+	var seqs []uint64
+	for i := range 320 {
+		seq, err := e.bus.PublishEvent(context.Background(), "slow", fmt.Appendf(nil, `{"type":"agent_thinking","i":%d,"pad":%q}`, i, pad))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, seq)
+	}
+	c := e.dial("?thread_id=slow&since=0")
+	c.ws.SetReadLimit(1 << 20)
+	c.expectBound("slow", len(seqs))
+	began := time.Now()
+	for i, want := range seqs {
+		if i%64 == 0 {
+			time.Sleep(100 * time.Millisecond) // the client stops reading a while
+		}
+		f := c.read()
+		if f["seq"] != float64(want) {
+			t.Fatalf("event %d: got %v, want seq %d", i, f, want)
+		}
+	}
+	if took := time.Since(began); took < 300*time.Millisecond {
+		t.Fatalf("the replay took %v: not longer than the bind timeout, the test proves nothing", took)
+	}
+}
