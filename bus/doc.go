@@ -11,17 +11,23 @@
 // JetStream consumer is created per connection or per binding. A feed delivers
 // each event once, in stream order, and repairs a gap on the live path (the
 // republish is at-most-once) from the stream before it delivers later events.
-// History is read with batched direct gets.
+// History is read with batched direct gets; what the replica that answered
+// lacks (a follower behind its leader) is read from the stream leader (see
+// leader.go). A feed whose live path lost events, or whose connection
+// came back, resyncs from the stream, retrying until it has caught up; idle
+// feeds are checked against the stream every IdleCheckInterval.
 //
 // # Concurrency
 //
 // All methods of Bus are safe for concurrent use. Listener methods are called
-// from the feed's dispatch goroutine while the feed is locked: they must not
-// block and must not call back into the Bus.
+// while the feed is locked, from the feed's dispatch goroutine (shared with
+// other threads) or from its resync goroutine: they must not block and must
+// not call back into the Bus. No feed lock is held across I/O.
 //
 // # Lifecycle
 //
-// Open connects and creates or updates the stream; Close drains the
-// connection and stops the dispatch goroutines. StartServer runs an embedded
+// Open connects, waits while JetStream is unavailable, and creates the
+// stream or checks it under the ownership rule (stream.go); Close drains the
+// connection and stops the dispatch, resync and check goroutines. StartServer runs an embedded
 // nats-server for a single-machine deployment.
 package bus

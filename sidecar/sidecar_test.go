@@ -8,14 +8,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/sidecar"
+	"github.com/threadbus/threadbus/subjects"
 )
 
 func TestMain(m *testing.M) {
@@ -277,5 +280,56 @@ func TestSlowReplayOutlastsBindTimeout(t *testing.T) {
 	}
 	if took := time.Since(began); took < 300*time.Millisecond {
 		t.Fatalf("the replay took %v: not longer than the bind timeout, the test proves nothing", took)
+	}
+}
+
+// TestBackendBindRacingCloseLeavesNoBinding: backend binds that race the
+// connection's close must not leave a registry entry behind (its sidecar
+// would refresh it for ever: a listener that does not exist).
+func TestBackendBindRacingCloseLeavesNoBinding(t *testing.T) {
+	e := newEnv(t, sidecar.Config{})
+	// No events: a bind whose replay has nothing to send reaches its end
+	// even when the connection closed while it joined the feed.
+	backend, err := nats.Connect(e.bus.Conn().ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	for i := range 40 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ws, _, err := websocket.Dial(ctx, e.url, nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &client{t: t, ws: ws}
+		f := c.read()
+		p, _ := f["payload"].(map[string]any)
+		cid, _ := p["connection_id"].(string)
+		subj, err := subjects.ConnBind(cid)
+		if err != nil {
+			t.Fatalf("first frame %v: %v", f, err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_, _ = backend.Request(subj, []byte(`{"thread_id":"race","since":0}`), 500*time.Millisecond)
+		})
+		time.Sleep(time.Duration(i%8) * 250 * time.Microsecond)
+		c.ws.CloseNow()
+		wg.Wait()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		bs, err := bus.ListBindings(context.Background(), e.bus.JetStream(), "race")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bs) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bindings left by connections that closed: %+v", len(bs), bs)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
