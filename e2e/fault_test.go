@@ -105,6 +105,7 @@ type faultAgent struct {
 	fails int                  // publish attempts that failed
 	stop  chan struct{}
 	done  chan struct{}
+	once  sync.Once
 }
 
 func startFaultAgent(t *testing.T, urls []string, threads []string, every time.Duration) *faultAgent {
@@ -125,6 +126,7 @@ func startFaultAgent(t *testing.T, urls []string, threads []string, every time.D
 	}
 	a := &faultAgent{nc: nc, js: js, acked: map[string][]uint64{}, at: map[uint64]time.Time{},
 		stop: make(chan struct{}), done: make(chan struct{})}
+	t.Cleanup(func() { a.finish() })
 	go func() {
 		defer close(a.done)
 		tick := time.NewTicker(every)
@@ -179,7 +181,7 @@ func (a *faultAgent) publish(tid string, i int) bool {
 
 // finish stops publishing and returns what was acknowledged.
 func (a *faultAgent) finish() (map[string][]uint64, map[uint64]time.Time, int) {
-	close(a.stop)
+	a.once.Do(func() { close(a.stop) })
 	<-a.done
 	a.mu.Lock()
 	defer a.mu.Unlock()
