@@ -25,7 +25,8 @@ import (
 // with since and epoch whenever they are closed. After each scenario every
 // client must hold every acknowledged event of its thread exactly once and
 // in order; the test logs the longest stall: the longest time between an
-// event's acknowledgement and its arrival at a client.
+// event's acknowledgement (or the client's start, if later) and its
+// arrival at the client.
 //
 // E2E_FAULTS_LONG=1 adds the longer scenarios.
 
@@ -214,11 +215,12 @@ type resumer struct {
 	protoErrs []string
 	cancel    context.CancelFunc
 	done      chan struct{}
+	started   time.Time // events acked earlier are due from then on
 }
 
 func startResumer(name, tid string, urls func() []string) *resumer {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &resumer{name: name, tid: tid, urls: urls, cancel: cancel, done: make(chan struct{})}
+	r := &resumer{name: name, tid: tid, urls: urls, cancel: cancel, done: make(chan struct{}), started: time.Now()}
 	go func() {
 		defer close(r.done)
 		for k := 0; ctx.Err() == nil; k++ {
@@ -352,12 +354,16 @@ func (fs *faultScenario) wsURLs(first int) []string {
 }
 
 func (fs *faultScenario) startClients(threads []string, n int) {
-	for i := range n {
-		tid := threads[i%len(threads)]
-		fs.resumers = append(fs.resumers, startResumer(fmt.Sprintf("client%d", i), tid, func() []string { return fs.wsURLs(i) }))
+	var rs []*resumer
+	for range n {
+		k := len(fs.resumers)
+		tid := threads[k%len(threads)]
+		r := startResumer(fmt.Sprintf("client%d", k), tid, func() []string { return fs.wsURLs(k) })
+		fs.resumers = append(fs.resumers, r)
+		rs = append(rs, r)
 	}
 	fs.t.Cleanup(func() {
-		for _, r := range fs.resumers {
+		for _, r := range rs {
 			r.stop()
 		}
 	})
@@ -399,6 +405,7 @@ func (fs *faultScenario) check(what string) time.Duration {
 		var worstSeq uint64
 		for i, s := range got {
 			if a, ok := at[s]; ok {
+				a = later(a, r.started) // a client that joined late waits from then
 				d := gotAt[i].Sub(a)
 				if d > worst {
 					worst, worstSeq = d, s
@@ -432,6 +439,13 @@ func (fs *faultScenario) check(what string) time.Duration {
 		fmt.Fprintf(os.Stderr, "e2e: fault stall: %s: %v\n", p.name, stalls[k].Round(time.Millisecond))
 	}
 	return stall
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func firstDiff(a, b []uint64) int {
@@ -472,7 +486,8 @@ func streamLeader(t *testing.T, js jetstream.JetStream) string {
 
 // TestFaultCluster: three sidecars whose embedded servers form a JetStream
 // cluster (R3). The stream leader's process is killed (-9) and restarted,
-// then a follower's: the clients of a killed sidecar resume on another.
+// then a follower's: the clients of a killed sidecar resume on another, and
+// new clients bind while the others elect a new leader.
 func TestFaultCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault scenario")
@@ -535,6 +550,8 @@ func TestFaultCluster(t *testing.T) {
 	time.Sleep(time.Second)
 	fs.phase("stream leader's node killed (-9)")
 	kill(leader)
+	// New clients bind (since=0) while the others elect a leader.
+	fs.startClients(threads, 4)
 	time.Sleep(2 * time.Second)
 	fs.phase("leader's node restarting")
 	revive(leader)
