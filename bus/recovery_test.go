@@ -1,9 +1,13 @@
 package bus_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/subjects"
@@ -114,4 +118,64 @@ func TestStreamRecreated(t *testing.T) {
 	defer e.bus.Leave("reborn", &r2)
 	seq := e.publishEvent(t, "reborn", []byte(`{}`))
 	r2.waitSeq(t, "new listener", seq)
+}
+
+// TestSlowLookupDoesNotStallOtherThreads: a Join whose position lookup
+// hangs (a replica that never answers) must not hold up the live events of
+// other threads that share its dispatcher (one shard here).
+func TestSlowLookupDoesNotStallOtherThreads(t *testing.T) {
+	ns := startServer(t)
+	e := &testEnv{ns: ns}
+	e.bus = openBusWith(t, bus.Config{URL: ns.ClientURL(), Shards: 1})
+	e.agent, e.js = connectAgent(t, ns.ClientURL())
+	var err error
+	if e.stream, err = e.js.Stream(testCtx(t), subjects.Stream); err != nil {
+		t.Fatal(err)
+	}
+	var rb recorder
+	if _, err := e.bus.Join(testCtx(t), "busy", &rb); err != nil {
+		t.Fatal(err)
+	}
+	defer e.bus.Leave("busy", &rb)
+	rb.waitSeq(t, "busy listener", e.publishEvent(t, "busy", []byte(`{}`)))
+
+	// Direct gets now go to a responder that never answers.
+	setDirect(t, e, false)
+	asked := make(chan struct{}, 1)
+	sub, err := e.agent.Subscribe("$JS.API.DIRECT.GET."+subjects.Stream, func(*nats.Msg) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := e.agent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		var ra recorder
+		_, err := e.bus.Join(ctx, "slow", &ra)
+		joined <- err
+	}()
+	select {
+	case <-asked:
+	case <-time.After(waitTimeout):
+		t.Fatal("the position lookup was never sent")
+	}
+	e.publishEvent(t, "slow", []byte(`{}`)) // a live message of the thread being looked up
+	began := time.Now()
+	seq := e.publishEvent(t, "busy", []byte(`{}`))
+	rb.waitSeq(t, "busy listener", seq)
+	if took := time.Since(began); took > 1500*time.Millisecond {
+		t.Errorf("an event of another thread waited %v for the slow lookup", took)
+	}
+	if err := <-joined; err == nil {
+		t.Error("Join with a lookup nobody answers succeeded")
+	}
 }
