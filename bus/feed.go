@@ -65,6 +65,7 @@ type feed struct {
 	lastLive  atomic.Int64  // unix nanoseconds of the last live message, for the idle check
 	looking   chan struct{} // closed when the position lookup under way ends
 	early     uint64        // highest live sequence seen before the position was known
+	handoff   bool          // the resync reads what came while the position was looked up: not a gap
 	last      uint64        // sequence of the last event delivered (or the position at start)
 	listeners []Listener    // a set; a slice costs a thread with one listener 16 bytes, a map ~200
 }
@@ -235,6 +236,7 @@ func (h *hub) position(ctx context.Context, f *feed) error {
 	f.last = seq
 	f.ready = true
 	if f.early > seq {
+		f.handoff = true
 		h.startResyncLocked(f)
 	}
 	return nil
@@ -408,9 +410,10 @@ func (h *hub) resyncLoop(f *feed) {
 		}
 		if err == nil && !f.missed {
 			f.resyncing = false
-			through := f.last
+			through, handoff := f.last, f.handoff
+			f.handoff = false
 			f.mu.Unlock()
-			if through > from {
+			if through > from && !handoff {
 				h.gapsRepaired.Add(1)
 				h.b.log.Info("live gap repaired", "thread", f.tid, "after_seq", from, "through_seq", through)
 			}
