@@ -43,6 +43,13 @@ type Config struct {
 	// Shards is the number of goroutines that dispatch live events; a thread
 	// always goes to the same one. By default, 4 per GOMAXPROCS.
 	Shards int
+	// RecentBytes bounds the memory of the recent window, which answers
+	// replays of recent events without reading the stream (recent.go).
+	// By default, DefaultRecentBytes (64 MiB); negative turns it off.
+	RecentBytes int
+	// RecentSpan is how far back the recent window's warm-up reads the
+	// stream at start: the sidecar's replay grace. By default, 30s.
+	RecentSpan time.Duration
 	// Logger receives the bus's logs. By default, slog.Default().
 	Logger *slog.Logger
 	// Options are appended to the NATS connection options.
@@ -62,6 +69,7 @@ type Bus struct {
 	streamErr atomic.Pointer[error]
 	hub       *hub
 	scan      *scanner
+	recent    *recent
 	bounds    boundsReader
 	last      lastSeqReader
 	reg       *registry
@@ -97,12 +105,19 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.RecentBytes == 0 {
+		cfg.RecentBytes = DefaultRecentBytes
+	}
+	if cfg.RecentSpan <= 0 {
+		cfg.RecentSpan = defaultRecentSpan
+	}
 	b := &Bus{cfg: cfg, log: cfg.Logger, closed: make(chan struct{})}
 	b.hub = newHub(b, cfg.Shards) // before connecting: the handlers below use it
 	b.bg, b.bgCancel = context.WithCancel(context.Background())
 	b.bounds.b = b
 	b.last.b = b
 	b.scan = newScanner(b)
+	b.recent = newRecent(b, cfg.RecentBytes, cfg.RecentSpan)
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		// The sidecar never consumes what it publishes itself.
@@ -168,6 +183,11 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		return err
 	})
 	if err != nil {
+		nc.Close()
+		b.hub.stop()
+		return nil, err
+	}
+	if err := b.recent.start(); err != nil {
 		nc.Close()
 		b.hub.stop()
 		return nil, err
@@ -306,11 +326,14 @@ func (b *Bus) checkStream(ctx context.Context) {
 		return
 	}
 	b.streamErr.Store(nil)
-	if e := epochOf(info); e != b.Epoch() {
+	e := epochOf(info)
+	newEpoch := e != b.Epoch()
+	if newEpoch {
 		b.log.Warn("stream re-created: new epoch, failing every live feed", "stream", subjects.Stream, "old_epoch", b.Epoch(), "epoch", e)
 		b.setEpoch(e)
 		b.hub.failAll(fmt.Errorf("%w: epoch %s", ErrStreamChanged, e))
 	}
+	b.recent.streamChecked(info.State.FirstSeq, uint64(info.State.NumDeleted), newEpoch)
 }
 
 // goBackground runs fn on a goroutine that Close waits for, unless Close

@@ -13,8 +13,13 @@ import (
 )
 
 // lastSeqBatch is how many subjects one lookup asks for: nats-server answers
-// a multi-subject direct get with at most 1024 messages.
-const lastSeqBatch = 1024
+// a multi-subject direct get with at most 1024 messages. lastSeqParallel
+// lookups may be in flight at once: a storm's binds then wait for a short
+// lookup, not behind a queue of long ones.
+const (
+	lastSeqBatch    = 1024
+	lastSeqParallel = 4
+)
 
 // lastSeqReader coalesces the lookups of the last sequence of a subject that
 // new feeds make (see hub.position): a reconnect storm would otherwise send
@@ -26,7 +31,7 @@ type lastSeqReader struct {
 	mu      sync.Mutex
 	waiting map[string][]chan lastSeqResult // by subject
 	order   []string                        // subjects of waiting, first asked first
-	running bool
+	running int                             // lookups in flight
 }
 
 type lastSeqResult struct {
@@ -39,12 +44,12 @@ type lastSeqResult struct {
 func (r *lastSeqReader) lastSeq(ctx context.Context, subj string) (uint64, error) {
 	ch := make(chan lastSeqResult, 1) // the reader never waits for a caller that gave up
 	r.mu.Lock()
-	if !r.running {
+	if r.running < lastSeqParallel {
 		if !r.b.goBackground(r.run) { // it waits for r.mu
 			r.mu.Unlock()
 			return 0, ErrClosed
 		}
-		r.running = true
+		r.running++
 	}
 	if r.waiting == nil {
 		r.waiting = make(map[string][]chan lastSeqResult)
@@ -68,11 +73,12 @@ func (r *lastSeqReader) run() {
 	for {
 		r.mu.Lock()
 		if len(r.order) == 0 {
-			r.running = false
+			r.running--
 			r.mu.Unlock()
 			return
 		}
-		n := min(len(r.order), lastSeqBatch)
+		// Share what waits between the lookups in flight.
+		n := min(len(r.order), lastSeqBatch, max(lastSeqMin, len(r.order)/r.running))
 		subjs := r.order[:n:n]
 		r.order = append([]string(nil), r.order[n:]...)
 		waiters := make([][]chan lastSeqResult, n)
@@ -92,16 +98,20 @@ func (r *lastSeqReader) run() {
 	}
 }
 
-// read looks up the last sequences of subjs; a subject without messages is
-// absent from the result.
+// lastSeqMin is the smallest lookup worth sharing out.
+const lastSeqMin = 64
+
+// read looks up the last sequences of subjs, lastSeqBatch at a time; a
+// subject without messages is absent from the result.
 func (r *lastSeqReader) read(subjs []string) (map[string]uint64, error) {
 	seqs := make(map[string]uint64, len(subjs))
 	for len(subjs) > 0 {
-		rest, err := r.readOnce(subjs, seqs)
+		n := min(len(subjs), lastSeqBatch)
+		rest, err := r.readOnce(subjs[:n], seqs)
 		if err != nil {
-			return nil, fmt.Errorf("last message of %d subjects: %w", len(subjs), err)
+			return nil, fmt.Errorf("last message of %d subjects: %w", n, err)
 		}
-		subjs = rest
+		subjs = append(rest, subjs[n:]...)
 	}
 	return seqs, nil
 }

@@ -61,6 +61,10 @@ type BusStats interface {
 	// ScannedMessages the stream messages they read.
 	ScanPasses() uint64
 	ScannedMessages() uint64
+	// RecentHits counts replays answered from the recent window in
+	// memory, RecentMisses those that read the stream instead.
+	RecentHits() uint64
+	RecentMisses() uint64
 }
 
 // New creates the metrics and registers them, with the Go runtime and
@@ -125,6 +129,8 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 		busCounter("live_gaps_repaired_total", "Gaps on the live path (lost republished events) filled from the stream.", bus.GapsRepaired),
 		busCounter("replay_scan_passes_total", "Passes of shared stream scans that served replays while many binds ran at once.", bus.ScanPasses),
 		busCounter("replay_scan_messages_total", "Stream messages read by shared replay scans.", bus.ScannedMessages),
+		busCounter("replay_cache_hits_total", "Replays answered from the recent events held in memory.", bus.RecentHits),
+		busCounter("replay_cache_misses_total", "Replays the recent events in memory could not answer completely, read from the stream instead.", bus.RecentMisses),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

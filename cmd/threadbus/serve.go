@@ -40,6 +40,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-cluster-name", Value: "threadbus", Usage: "name of the embedded servers' cluster", EnvVars: envVars("NATS_CLUSTER_NAME")},
 			&cli.StringFlag{Name: "nats-config", Usage: "nats-server config file for the embedded server", EnvVars: envVars("NATS_CONFIG")},
 			&cli.DurationFlag{Name: "replay-grace", Value: sidecar.DefaultReplayGrace, Usage: "how far back a binding without since replays", EnvVars: envVars("REPLAY_GRACE")},
+			&cli.Int64Flag{Name: "replay-cache-bytes", Value: bus.DefaultRecentBytes, Usage: "memory for the recent events that answer replays without reading the stream; 0 turns it off", EnvVars: envVars("REPLAY_CACHE_BYTES")},
 			&cli.DurationFlag{Name: "retention", Value: bus.DefaultRetention, Usage: "how long the THREADS stream keeps frames and events", EnvVars: envVars("RETENTION")},
 			&cli.IntFlag{Name: "replicas", Usage: "replicas of THREADS and the bindings bucket when this sidecar creates them (default: 3 on a cluster of 3 or more servers, else 1)", EnvVars: envVars("REPLICAS")},
 			&cli.DurationFlag{Name: "registry-ttl", Value: bus.DefaultRegistryTTL, Usage: "how long a binding outlives its sidecar in the registry", EnvVars: envVars("REGISTRY_TTL")},
@@ -48,6 +49,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "write-timeout", Value: sidecar.DefaultWriteTimeout, Usage: "longest write to a client (one batch of queued frames)", EnvVars: envVars("WRITE_TIMEOUT")},
 			&cli.StringFlag{Name: "sidecar-id", Usage: "this sidecar's id in headers and logs (default: random)", EnvVars: envVars("SIDECAR_ID")},
 			&cli.StringSliceFlag{Name: "allowed-origin", Usage: "browser origin host pattern allowed besides the sidecar's own host (repeatable)", EnvVars: envVars("ALLOWED_ORIGIN")},
+			&cli.StringFlag{Name: "pprof-listen", Usage: "serve net/http/pprof on this address (host:port), for profiling; empty: off", EnvVars: envVars("PPROF_LISTEN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
 			&cli.BoolFlag{Name: "ui", Value: true, Usage: "serve the thread viewer page at / (--ui=false: off)", EnvVars: envVars("UI")},
 		}, authFlags()...),
@@ -64,6 +66,7 @@ func serveCommand() *cli.Command {
 			return serve(c.Context, log, serveConfig{
 				auth:       ac,
 				listen:     c.String("listen"),
+				pprof:      c.String("pprof-listen"),
 				natsURL:    c.String("nats-url"),
 				natsListen: c.String("nats-listen"),
 				dataDir:    c.String("data-dir"),
@@ -74,6 +77,7 @@ func serveCommand() *cli.Command {
 					name:   c.String("nats-cluster-name"),
 				},
 				retention:   c.Duration("retention"),
+				replayCache: c.Int64("replay-cache-bytes"),
 				registryTTL: c.Duration("registry-ttl"),
 				ui:          c.Bool("ui"),
 				replicas:    c.Int("replicas"),
@@ -93,10 +97,12 @@ func serveCommand() *cli.Command {
 
 type serveConfig struct {
 	listen, natsURL, natsListen, dataDir, natsConfig string
+	pprof                                            string // net/http/pprof address; empty: off
 	retention, registryTTL                           time.Duration
 	auth                                             authConfig
 	ui                                               bool // serve the viewer at /
 	replicas                                         int
+	replayCache                                      int64 // bytes; 0: off
 	cluster                                          clusterConfig
 	sidecar                                          sidecar.Config
 }
@@ -110,6 +116,13 @@ type clusterConfig struct {
 // serve runs the sidecar until ctx is cancelled, then shuts down in order:
 // stop accepting, close clients with 1012, drain NATS, stop the embedded server.
 func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
+	if cfg.pprof != "" {
+		stop, err := servePprof(log, cfg.pprof)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	v, err := cfg.auth.verifier(ctx)
 	if err != nil {
 		return err
@@ -144,7 +157,18 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 			cfg.replicas = min(3, 1+len(cfg.cluster.routes))
 		}
 	}
-	b, err := bus.Open(ctx, bus.Config{URL: url, Retention: cfg.retention, Replicas: cfg.replicas, RegistryTTL: cfg.registryTTL, Logger: log})
+	recentBytes := int(cfg.replayCache)
+	if recentBytes <= 0 {
+		recentBytes = -1 // off
+	}
+	grace := cfg.sidecar.ReplayGrace
+	if grace <= 0 {
+		grace = sidecar.DefaultReplayGrace
+	}
+	b, err := bus.Open(ctx, bus.Config{
+		URL: url, Retention: cfg.retention, Replicas: cfg.replicas, RegistryTTL: cfg.registryTTL,
+		RecentBytes: recentBytes, RecentSpan: grace, Logger: log,
+	})
 	if err != nil {
 		return err
 	}
