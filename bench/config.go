@@ -132,6 +132,20 @@ type StormConfig struct {
 	// threads active at the same time are: a reconnect storm after a
 	// restart replays exactly that.
 	Grouped bool
+	// Connect has each connection bind as it connects
+	// (/ws?thread_id=T&since=0), as clients reconnecting do, and measures
+	// one connection from its dial to its last replayed event. By default
+	// the connections are opened unbound first and then all bind at once
+	// (switch_thread), which measures a bind from its request.
+	Connect bool
+	// Restart stops the sidecar after the events are stored and starts a
+	// new process on the same data directory before the storm: the new
+	// sidecar has served nothing (a restart, the common cause of a storm).
+	// Only for a sidecar the bench starts. By default, the sidecar that
+	// saw the events being stored serves the storm.
+	Restart bool
+	// NoBaseline skips the nats.go baseline. By default it runs.
+	NoBaseline bool
 	// Idle is how long the connections stay bound and idle before the
 	// sidecar's memory is read. Go shrinks goroutine stacks and returns
 	// freed memory to the OS only after a GC, which an idle process runs

@@ -38,6 +38,9 @@ type process struct {
 	cmd     *exec.Cmd
 	dataDir string
 	addrs   addrs
+	binary  string
+	extra   []string
+	copyLog io.Writer
 
 	logMu sync.Mutex
 	tail  []string // the last logTailLines lines
@@ -77,6 +80,12 @@ func startProcess(ctx context.Context, binary string, extra []string, copyLog io
 	if err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
+	return startProcessIn(ctx, dir, binary, extra, copyLog)
+}
+
+// startProcessIn is startProcess in the data directory dir, which it
+// removes if the process does not start.
+func startProcessIn(ctx context.Context, dir, binary string, extra []string, copyLog io.Writer) (*process, error) {
 	conf := filepath.Join(dir, "nats.conf")
 	if err := os.WriteFile(conf, []byte(natsConfig(dir)), 0o600); err != nil {
 		os.RemoveAll(dir)
@@ -88,7 +97,7 @@ func startProcess(ctx context.Context, binary string, extra []string, copyLog io
 		"--data-dir", dir,
 		"--nats-config", conf,
 	}, extra...)
-	p := &process{dataDir: dir, exited: make(chan struct{})}
+	p := &process{dataDir: dir, binary: binary, extra: extra, copyLog: copyLog, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Env = hermeticEnv()
 	p.cmd.Stdout = io.Discard
@@ -183,6 +192,23 @@ func (p *process) PID() int { return p.cmd.Process.Pid }
 // stop sends SIGTERM and waits for the process to exit, then removes its
 // data directory. A process that does not exit in time is killed.
 func (p *process) stop() error {
+	err := p.terminate()
+	p.cleanup()
+	return err
+}
+
+// restart stops the process, keeping its data directory, and starts a new
+// one on it: a sidecar restart, whose new process has served nothing yet.
+func (p *process) restart(ctx context.Context) (*process, error) {
+	if err := p.terminate(); err != nil {
+		p.cleanup()
+		return nil, err
+	}
+	return startProcessIn(ctx, p.dataDir, p.binary, p.extra, p.copyLog)
+}
+
+// terminate sends SIGTERM and waits for the process to exit.
+func (p *process) terminate() error {
 	err := p.cmd.Process.Signal(syscall.SIGTERM)
 	if err != nil && !errors.Is(err, os.ErrProcessDone) {
 		p.kill()
@@ -193,10 +219,10 @@ func (p *process) stop() error {
 	select {
 	case <-p.exited:
 	case <-timer.C:
-		p.kill()
+		_ = p.cmd.Process.Kill()
+		<-p.exited
 		return fmt.Errorf("%w: did not exit within %v of SIGTERM\n%s", ErrSidecar, stopTimeout, p.logTail())
 	}
-	p.cleanup()
 	if p.err != nil {
 		return fmt.Errorf("%w: exited after SIGTERM with %v\n%s", ErrSidecar, p.err, p.logTail())
 	}

@@ -70,6 +70,12 @@ func runStorm(ctx context.Context, e *env, conns int) (Result, error) {
 	if e.cfg.Storm.Grouped {
 		layout = "grouped"
 	}
+	if e.cfg.Storm.Connect {
+		layout += ", bind on connect"
+	}
+	if e.cfg.Storm.Restart {
+		layout += ", after a restart"
+	}
 	res := Result{Label: fmt.Sprintf("storm %dconn x %d ev %s", conns, k, layout)}
 	boundName := "RSS per bound conn, just bound"
 	if e.cfg.Storm.Idle > 0 {
@@ -85,6 +91,11 @@ func runStorm(ctx context.Context, e *env, conns int) (Result, error) {
 	}
 	skipped := false
 	err = e.phase(ctx, &res, "nats-server ws", func(t *target) (err error) {
+		if e.cfg.Storm.NoBaseline {
+			res.note("baseline skipped (--no-baseline)")
+			skipped = true
+			return nil
+		}
 		if t.NATSWS == "" {
 			res.note("no nats-server WebSocket listener given: baseline skipped")
 			skipped = true
@@ -183,23 +194,24 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 	if err := storeEvents(ctx, e, ag, conns, k, thread); err != nil {
 		return p, err
 	}
+	if e.cfg.Storm.Restart {
+		if t.proc == nil {
+			return p, fmt.Errorf("%w: --restart needs a sidecar the bench starts", ErrConfig)
+		}
+		e.prog.note("storm: restarting the sidecar")
+		np, err := t.proc.restart(ctx)
+		if err != nil {
+			return p, fmt.Errorf("restart the sidecar: %w", err)
+		}
+		t.proc, t.pid, t.addrs = np, np.PID(), np.addrs
+	}
 	if p.base, p.mBase, err = settled(ctx, t); err != nil {
 		return p, err
 	}
 
 	base := time.Now()
 	done := newTally(base, int64(conns))
-	// Per connection, written by its reader only, read after close.
-	type connState struct {
-		bound    bool
-		replayed int
-		next     int // the next event expected
-		odd      int
-		errors   int
-		firstErr string
-		doneAt   time.Duration
-	}
-	state := make([]connState, conns)
+	state := make([]stormConn, conns)
 	sentAt := make([]time.Duration, conns) // written before each request, read after the storm
 	handle := func(i int, data []byte) {
 		s := &state[i]
@@ -226,6 +238,35 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 			}
 			s.errors++
 		}
+	}
+	if e.cfg.Storm.Connect {
+		e.prog.note("storm: %d connections connect and bind their threads", conns)
+		stop := e.prog.start("storm", func() string {
+			return fmt.Sprintf("%d/%d connections have their replay", done.count(), conns)
+		})
+		m := t.meter(ctx)
+		start := time.Since(base)
+		p.idle, p.mIdle = p.base, p.mBase // no unbound phase
+		fl, err := openFleet(ctx, e.hc, conns, e.cfg.DialWorkers, e.cfg.WaitTimeout, func(i int) string {
+			sentAt[i] = time.Since(base)
+			return t.wsURL("thread_id=" + thread(i) + "&since=0")
+		}, handle, e.prog, "storm")
+		if err != nil {
+			stop()
+			return p, err
+		}
+		defer fl.close()
+		p.connect = time.Since(base) - start
+		waitErr := waitFor(ctx, e.cfg.WaitTimeout, done, int64(conns))
+		if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, "storm"); err != nil {
+			return p, err
+		}
+		fl.close()
+		p.tallyStorm(k, conns, sentAt, state)
+		if waitErr != nil {
+			e.log.Warn("storm incomplete", "err", waitErr)
+		}
+		return p, nil
 	}
 	e.prog.note("storm: opening %d unbound connections", conns)
 	began := time.Now()
@@ -258,9 +299,30 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 		return p, err
 	}
 	fl.close()
+	p.tallyStorm(k, conns, sentAt, state)
+	if waitErr != nil {
+		e.log.Warn("storm incomplete", "err", waitErr)
+	}
+	return p, nil
+}
 
+// stormConn is one connection's side of a storm, written by its reader
+// only, read after close.
+type stormConn struct {
+	bound    bool
+	replayed int
+	next     int // the next event expected
+	odd      int
+	errors   int
+	firstErr string
+	doneAt   time.Duration
+}
+
+// tallyStorm sums what the connections saw; sentAt[i] is when connection
+// i's bind (or dial) began.
+func (p *stormPhase) tallyStorm(k, conns int, sentAt []time.Duration, state []stormConn) {
 	var per samples
-	for i, s := range state {
+	for i, s := range state[:conns] {
 		p.odd += s.odd
 		p.errors += s.errors
 		if p.firstErr == "" {
@@ -276,10 +338,6 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 		}
 	}
 	p.perConn = summarize(per)
-	if waitErr != nil {
-		e.log.Warn("storm incomplete", "err", waitErr)
-	}
-	return p, nil
 }
 
 // stormNATS is the baseline: nats.go clients through nats-server's

@@ -299,15 +299,26 @@ func TestReplayFromLaggingReplica(t *testing.T) {
 		info, err := mirror.Info(testCtx(t))
 		return err == nil && info.State.Msgs == 1
 	})
+	// From the stream (the recent window off), and from a window whose
+	// warm-up read the lagging replica about half the time.
+	direct := openBusWith(t, bus.Config{URL: e.ns.ClientURL()})
+	bus.SetDirectReplays(direct, 4)
+	warmed := openBusWith(t, bus.Config{URL: e.ns.ClientURL()})
+	for _, b := range []*bus.Bus{direct, warmed} {
+		replayAll(t, b, want)
+	}
+}
+
+func replayAll(t *testing.T, b *bus.Bus, want map[string][]uint64) {
 	for tid, seqs := range want {
 		l := &binder{}
 		var replayed int
 		var got []uint64
-		pos, err := e.bus.Join(testCtx(t), tid, l)
+		pos, err := b.Join(testCtx(t), tid, l)
 		if err != nil {
 			t.Fatalf("Join %s: %v", tid, err)
 		}
-		err = e.bus.Replay(testCtx(t), tid, bus.Start{}, pos, func(n int) { replayed = n }, func(ev bus.Event) bool {
+		err = b.Replay(testCtx(t), tid, bus.Start{}, pos, func(n int) { replayed = n }, func(ev bus.Event) bool {
 			got = append(got, ev.Seq)
 			return true
 		})
@@ -324,6 +335,6 @@ func TestReplayFromLaggingReplica(t *testing.T) {
 			t.Errorf("replay of %s through %d: got %v (count %d), want %v", tid, pos, got, replayed, upToPos)
 		}
 		t.Logf("%s: position %d, replayed %d", tid, pos, replayed)
-		e.bus.Leave(tid, l)
+		b.Leave(tid, l)
 	}
 }

@@ -110,6 +110,9 @@ func stormFlags(p string) []cli.Flag {
 		&cli.IntSliceFlag{Name: p + "conns", Value: cli.NewIntSlice(bench.DefaultStormConns), Usage: "storm: connections, each binding its own thread (repeatable: one storm per size)", EnvVars: flagEnv(bench.Storm, "conns")},
 		&cli.IntFlag{Name: p + "events", Value: bench.DefaultStormEvents, Usage: "storm: stored events each thread replays", EnvVars: flagEnv(bench.Storm, "events")},
 		&cli.DurationFlag{Name: p + "idle", Usage: "storm: keep the bound connections idle this long before reading memory (130s: after the sidecar's periodic GC)", EnvVars: flagEnv(bench.Storm, "idle")},
+		&cli.BoolFlag{Name: p + "connect", Usage: "storm: each connection binds as it connects (?thread_id=T&since=0) and is timed from its dial, as reconnecting clients are", EnvVars: flagEnv(bench.Storm, "connect")},
+		&cli.BoolFlag{Name: p + "restart", Usage: "storm: restart the sidecar (same data dir) between storing the events and the storm: a cold start", EnvVars: flagEnv(bench.Storm, "restart")},
+		&cli.BoolFlag{Name: p + "no-baseline", Usage: "storm: skip the nats.go baseline", EnvVars: flagEnv(bench.Storm, "no-baseline")},
 		&cli.BoolFlag{Name: p + "grouped", Usage: "storm: store each thread's events together instead of interleaved with every other thread's", EnvVars: flagEnv(bench.Storm, "grouped")},
 	}
 }
@@ -147,7 +150,7 @@ func benchConfig(c *cli.Context, scenarios []bench.Scenario, prefix func(bench.S
 		case bench.FanOut:
 			cfg.FanOut = bench.FanOutConfig{Conns: c.Int(p + "conns"), Events: c.Int(p + "events"), Window: c.Int(p + "window")}
 		case bench.Storm:
-			cfg.Storm = bench.StormConfig{Conns: c.IntSlice(p + "conns"), Events: c.Int(p + "events"), Grouped: c.Bool(p + "grouped"), Idle: c.Duration(p + "idle")}
+			cfg.Storm = bench.StormConfig{Conns: c.IntSlice(p + "conns"), Events: c.Int(p + "events"), Grouped: c.Bool(p + "grouped"), Connect: c.Bool(p + "connect"), Restart: c.Bool(p + "restart"), NoBaseline: c.Bool(p + "no-baseline"), Idle: c.Duration(p + "idle")}
 		case bench.Inbound:
 			cfg.Inbound = bench.InboundConfig{Conns: c.Int(p + "conns"), Frames: c.Int(p + "frames")}
 		}
