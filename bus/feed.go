@@ -67,6 +67,7 @@ type feed struct {
 	early     uint64        // highest live sequence seen before the position was known
 	handoff   bool          // the resync reads what came while the position was looked up: not a gap
 	last      uint64        // sequence of the last event delivered (or the position at start)
+	lastTime  time.Time     // when the event at last was stored; zero if unknown
 	listeners []Listener    // a set; a slice costs a thread with one listener 16 bytes, a map ~200
 }
 
@@ -222,7 +223,7 @@ func (h *hub) position(ctx context.Context, f *feed) error {
 	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
 	defer cancel()
 	out, _ := subjects.ThreadOut(f.tid) // valid: the feed subscribed to its live subject
-	seq, err := h.b.last.lastSeq(ctx, out)
+	seq, at, err := h.b.last.lastSeq(ctx, out)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.looking = nil
@@ -233,7 +234,7 @@ func (h *hub) position(ctx context.Context, f *feed) error {
 	if f.closed.Load() {
 		return nil // the next turn of Join sees it
 	}
-	f.last = seq
+	f.last, f.lastTime = seq, at
 	f.ready = true
 	if f.early > seq {
 		f.handoff = true
@@ -492,7 +493,25 @@ func (f *feed) deliverLocked(ev Event) {
 	for _, l := range f.listeners {
 		l.Deliver(ev)
 	}
-	f.last = ev.Seq
+	f.last, f.lastTime = ev.Seq, ev.Time
+}
+
+// timeAt returns when the event at seq of tid was stored, if seq is the
+// position of tid's feed now (the feed's last event): the recent window
+// answers a replay ending there only if it holds that very message.
+func (h *hub) timeAt(tid string, seq uint64) (time.Time, bool) {
+	h.mu.Lock()
+	f := h.feeds[tid]
+	h.mu.Unlock()
+	if f == nil {
+		return time.Time{}, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.ready || f.last != seq || f.lastTime.IsZero() {
+		return time.Time{}, false
+	}
+	return f.lastTime, true
 }
 
 // failLocked tells every listener that f cannot go on and stops f. The
@@ -579,8 +598,8 @@ func (h *hub) checkIdle() {
 	}
 	for i, f := range feeds {
 		f.mu.Lock()
-		if f.ready && seqs[subjs[i]] > f.last {
-			h.b.log.Info("idle feed is behind the stream, resyncing", "thread", f.tid, "last_seq", f.last, "stored_seq", seqs[subjs[i]])
+		if f.ready && seqs[subjs[i]].seq > f.last {
+			h.b.log.Info("idle feed is behind the stream, resyncing", "thread", f.tid, "last_seq", f.last, "stored_seq", seqs[subjs[i]].seq)
 			h.startResyncLocked(f)
 		}
 		f.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
@@ -36,18 +37,25 @@ type lastSeqReader struct {
 
 type lastSeqResult struct {
 	seq uint64
+	at  time.Time // when the message at seq was stored
 	err error
 }
 
-// lastSeq returns the sequence of the last message stored on subj, 0 if there
-// is none.
-func (r *lastSeqReader) lastSeq(ctx context.Context, subj string) (uint64, error) {
+// lastMsg is a subject's last stored message: its sequence and time.
+type lastMsg struct {
+	seq uint64
+	at  time.Time
+}
+
+// lastSeq returns the sequence and time of the last message stored on subj,
+// 0 if there is none.
+func (r *lastSeqReader) lastSeq(ctx context.Context, subj string) (uint64, time.Time, error) {
 	ch := make(chan lastSeqResult, 1) // the reader never waits for a caller that gave up
 	r.mu.Lock()
 	if r.running < lastSeqParallel {
 		if !r.b.goBackground(r.run) { // it waits for r.mu
 			r.mu.Unlock()
-			return 0, ErrClosed
+			return 0, time.Time{}, ErrClosed
 		}
 		r.running++
 	}
@@ -61,9 +69,9 @@ func (r *lastSeqReader) lastSeq(ctx context.Context, subj string) (uint64, error
 	r.mu.Unlock()
 	select {
 	case res := <-ch:
-		return res.seq, res.err
+		return res.seq, res.at, res.err
 	case <-ctx.Done():
-		return 0, fmt.Errorf("last message of %s: %w", subj, ctx.Err())
+		return 0, time.Time{}, fmt.Errorf("last message of %s: %w", subj, ctx.Err())
 	}
 }
 
@@ -90,7 +98,7 @@ func (r *lastSeqReader) run() {
 
 		seqs, err := r.read(subjs)
 		for i, s := range subjs {
-			res := lastSeqResult{seq: seqs[s], err: err}
+			res := lastSeqResult{seq: seqs[s].seq, at: seqs[s].at, err: err}
 			for _, ch := range waiters[i] {
 				ch <- res
 			}
@@ -103,8 +111,8 @@ const lastSeqMin = 64
 
 // read looks up the last sequences of subjs, lastSeqBatch at a time; a
 // subject without messages is absent from the result.
-func (r *lastSeqReader) read(subjs []string) (map[string]uint64, error) {
-	seqs := make(map[string]uint64, len(subjs))
+func (r *lastSeqReader) read(subjs []string) (map[string]lastMsg, error) {
+	seqs := make(map[string]lastMsg, len(subjs))
 	for len(subjs) > 0 {
 		n := min(len(subjs), lastSeqBatch)
 		rest, err := r.readOnce(subjs[:n], seqs)
@@ -118,7 +126,7 @@ func (r *lastSeqReader) read(subjs []string) (map[string]uint64, error) {
 
 // readOnce sends one request. The server may stop short of every subject
 // (its byte limit); it returns the subjects still to be asked for.
-func (r *lastSeqReader) readOnce(subjs []string, seqs map[string]uint64) ([]string, error) {
+func (r *lastSeqReader) readOnce(subjs []string, seqs map[string]lastMsg) ([]string, error) {
 	ctx, cancel := context.WithTimeout(r.b.bg, feedIOTimeout)
 	defer cancel()
 	it, err := jetstreamext.GetLastMsgsFor(ctx, r.b.js, subjects.Stream, subjs)
@@ -133,8 +141,8 @@ func (r *lastSeqReader) readOnce(subjs []string, seqs map[string]uint64) ([]stri
 		if err != nil {
 			return nil, err
 		}
-		seq, _ := streamSeqTime(m)
-		seqs[streamHeader(m.Header, jetstream.SubjectHeader)] = seq
+		seq, at := streamSeqTime(m)
+		seqs[streamHeader(m.Header, jetstream.SubjectHeader)] = lastMsg{seq, at}
 		got++
 		pending = numPending(m)
 	}

@@ -240,9 +240,10 @@ func (w *window) dropBefore(first uint64) {
 	}
 }
 
-// serve returns tid's events from start through the sequence through, or
-// false when the window does not provably hold all of them.
-func (w *window) serve(tid string, start Start, through uint64) ([]Event, bool) {
+// serve returns tid's events from start through the sequence through, the
+// event stored at throughTime, or false when the window does not provably
+// hold all of them.
+func (w *window) serve(tid string, start Start, through uint64, throughTime time.Time) ([]Event, bool) {
 	t := w.threads[tid]
 	from, fromTime := w.coverage(t)
 	if start.Time.IsZero() {
@@ -259,10 +260,12 @@ func (w *window) serve(tid string, start Start, through uint64) ([]Event, bool) 
 		return nil, false
 	}
 	evs := t.evs
-	// The event at through must be held: the chain is complete up to the
-	// last held event, and the store says through is the thread's event.
+	// The event at through must be held, and be the message the stream
+	// holds there (same time: not one of another incarnation of the
+	// stream that the periodic check has not noticed yet). The chain is
+	// complete from the coverage start up to it.
 	i := sort.Search(len(evs), func(i int) bool { return evs[i].Seq >= through })
-	if i == len(evs) || evs[i].Seq != through {
+	if i == len(evs) || evs[i].Seq != through || !evs[i].Time.Equal(throughTime) {
 		return nil, false
 	}
 	evs = evs[:i+1]
@@ -425,7 +428,9 @@ func (r *recent) read() (*window, error) {
 }
 
 // serve answers a replay from the window, waiting for a warm-up under way.
-func (r *recent) serve(ctx context.Context, tid string, start Start, through uint64) ([]Event, bool) {
+// through is the position of tid's feed, whose event was stored at
+// throughTime.
+func (r *recent) serve(ctx context.Context, tid string, start Start, through uint64, throughTime time.Time) ([]Event, bool) {
 	r.mu.Lock()
 	if r.state == recentOff {
 		r.mu.Unlock()
@@ -445,7 +450,7 @@ func (r *recent) serve(ctx context.Context, tid string, start Start, through uin
 	var evs []Event
 	ok := false
 	if r.state == recentReady {
-		evs, ok = r.w.serve(tid, start, through)
+		evs, ok = r.w.serve(tid, start, through, throughTime)
 	}
 	r.mu.Unlock()
 	if ok {
@@ -479,6 +484,27 @@ func (r *recent) streamChecked(first, deleted uint64, newEpoch bool) {
 	}
 	r.mu.Unlock()
 	r.warmLater()
+}
+
+// recentReplay answers a replay from the recent window when it can: the
+// replay must end at the position of tid's feed, whose event's time the
+// window's must match.
+func (b *Bus) recentReplay(ctx context.Context, tid string, start Start, through uint64) ([]Event, bool) {
+	at, ok := b.hub.timeAt(tid, through)
+	if !ok {
+		b.recent.countMiss()
+		return nil, false
+	}
+	return b.recent.serve(ctx, tid, start, through, at)
+}
+
+func (r *recent) countMiss() {
+	r.mu.Lock()
+	off := r.state == recentOff
+	r.mu.Unlock()
+	if !off {
+		r.misses.Add(1)
+	}
 }
 
 // RecentHits counts replays answered from the recent window.

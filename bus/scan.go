@@ -126,7 +126,7 @@ func (b *Bus) Replay(ctx context.Context, tid string, start Start, through uint6
 		head(0) // nothing of tid was stored through `through`
 		return nil
 	}
-	if evs, ok := b.recent.serve(ctx, tid, start, through); ok {
+	if evs, ok := b.recentReplay(ctx, tid, start, through); ok {
 		head(len(evs))
 		for _, ev := range evs {
 			if !fn(ev) {
