@@ -15,7 +15,10 @@
 // lacks (a follower behind its leader) is read from the stream leader (see
 // leader.go). A feed whose live path lost events, or whose connection
 // came back, resyncs from the stream, retrying until it has caught up; idle
-// feeds are checked against the stream every IdleCheckInterval.
+// feeds are checked against the stream every IdleCheckInterval. Replays of
+// recent events are answered from the recent window (recent.go): the
+// stream's recent events held in memory, fed by one subscription to every
+// live subject, and used only for ranges it provably holds completely.
 //
 // # Concurrency
 //
