@@ -95,6 +95,9 @@ func TestFeedShared(t *testing.T) {
 	if err := e.bus.Ready(testCtx(t)); err != nil { // sets up the request inbox
 		t.Fatal(err)
 	}
+	// The recent window's warm-up reads the stream with a subscription of
+	// its own while it runs: count once it is over.
+	waitFor(t, "the warm-up", func() bool { return bus.RecentReady(e.bus) })
 	base := nc.NumSubscriptions()
 
 	var r1, r2 recorder
