@@ -152,6 +152,15 @@ type StormConfig struct {
 	// every 2 minutes: 130s measures the steady state. By default, 0: the
 	// memory is read as soon as it stops moving.
 	Idle time.Duration
+	// Auth also runs each storm against a sidecar started with `--auth jwt
+	// --jwt-secret-file <a fresh random secret> --authz nats`, right after
+	// the storm without auth, and reports it as a result of its own whose
+	// baseline is that storm. Each connection presents its own user's HS256
+	// token in an Authorization header (minted before the phase), so that
+	// every bind is a cache miss; the bench process answers
+	// threadbus.authz.bind, allowing every request, and counts the calls.
+	// It needs a sidecar started by Run. By default, off.
+	Auth bool
 }
 
 // InboundConfig configures the inbound scenario.
@@ -174,6 +183,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if (c.HTTPAddr == "") != (c.NATSURL == "") {
 		return c, fmt.Errorf("%w: a running sidecar needs both its HTTP address and its NATS URL", ErrConfig)
+	}
+	if c.Storm.Auth && c.HTTPAddr != "" {
+		return c, fmt.Errorf("%w: the authorized storm starts its own sidecar with --auth jwt: it cannot use a running one", ErrConfig)
 	}
 	if c.HTTPAddr == "" && c.Binary == "" {
 		exe, err := os.Executable()

@@ -13,4 +13,7 @@ var (
 	// ErrIncomplete is returned when a phase did not complete within
 	// Config.WaitTimeout: connections that never bound, events never received.
 	ErrIncomplete = errors.New("bench: phase incomplete")
+	// ErrRefused is returned when the sidecar answers a handshake with an
+	// error frame instead of connection_established (a refused token).
+	ErrRefused = errors.New("bench: connection refused by the sidecar")
 )

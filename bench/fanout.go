@@ -99,7 +99,7 @@ func fanOutThreadbus(ctx context.Context, e *env, t *target, tid string) (fanOut
 	type recvState struct{ count, next, disorder int }
 	state := make([]recvState, cfg.Conns)
 	conns, err := openFleet(ctx, e.hc, cfg.Conns, e.cfg.DialWorkers, e.cfg.WaitTimeout,
-		func(int) string { return t.wsURL("thread_id=" + tid) },
+		func(int) string { return t.wsURL("thread_id=" + tid) }, dialOptions{},
 		func(i int, data []byte) {
 			f := parseFrame(data)
 			switch f.kind {

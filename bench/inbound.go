@@ -94,7 +94,7 @@ func inboundThreadbus(ctx context.Context, e *env, t *target) (inboundPhase, err
 	bound := newTally(base, int64(cfg.Conns))
 	errs := make([]int, cfg.Conns) // written by each reader, read after close
 	fl, err := openFleet(ctx, e.hc, cfg.Conns, e.cfg.DialWorkers, e.cfg.WaitTimeout,
-		func(i int) string { return t.wsURL("thread_id=" + thread(i)) },
+		func(i int) string { return t.wsURL("thread_id=" + thread(i)) }, dialOptions{},
 		func(i int, data []byte) {
 			switch parseFrame(data).kind {
 			case boundFrame:

@@ -55,7 +55,7 @@ func latency(ctx context.Context, e *env, t *target, res *Result) error {
 
 	bound := newTally(base, int64(cfg.Conns))
 	conns, err := openFleet(ctx, e.hc, cfg.Conns, e.cfg.DialWorkers, e.cfg.WaitTimeout,
-		func(int) string { return t.wsURL("thread_id=" + tid) },
+		func(int) string { return t.wsURL("thread_id=" + tid) }, dialOptions{},
 		func(i int, data []byte) {
 			switch f := parseFrame(data); f.kind {
 			case eventFrame:

@@ -29,7 +29,13 @@ func (e *env) thread(phase string, i int) string { return threadName(e.run, phas
 // memory or CPU another one left behind. What the sidecar's own counters
 // moved by during fn is noted in res.
 func (e *env) phase(ctx context.Context, res *Result, name string, fn func(t *target) error) error {
-	t, err := e.acquire(ctx)
+	return e.phaseWith(ctx, res, name, nil, fn)
+}
+
+// phaseWith is phase with more `threadbus serve` arguments for a sidecar it
+// starts, after Config.SidecarArgs.
+func (e *env) phaseWith(ctx context.Context, res *Result, name string, extra []string, fn func(t *target) error) error {
+	t, err := e.acquire(ctx, extra)
 	if err != nil {
 		return err
 	}
@@ -51,13 +57,15 @@ func (e *env) phase(ctx context.Context, res *Result, name string, fn func(t *ta
 	return err
 }
 
-// acquire returns the configured sidecar, or starts one.
-func (e *env) acquire(ctx context.Context) (*target, error) {
+// acquire returns the configured sidecar, or starts one with extra
+// arguments after Config.SidecarArgs.
+func (e *env) acquire(ctx context.Context, extra []string) (*target, error) {
 	cfg := e.cfg
 	if cfg.HTTPAddr != "" {
 		return &target{addrs: addrs{HTTP: cfg.HTTPAddr, NATS: cfg.NATSURL, NATSWS: cfg.NATSWebSocketURL}, pid: cfg.PID, hc: e.hc}, nil
 	}
-	p, err := startProcess(ctx, cfg.Binary, cfg.SidecarArgs, cfg.KeepSidecarLog)
+	args := append(append([]string(nil), cfg.SidecarArgs...), extra...)
+	p, err := startProcess(ctx, cfg.Binary, args, cfg.KeepSidecarLog)
 	if err != nil {
 		return nil, err
 	}
@@ -92,8 +100,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		for _, size := range sizes {
 			e := &env{cfg: cfg, run: run, hc: hc, prog: prog, log: cfg.Logger.With("scenario", string(sc))}
 			res, err := runScenario(ctx, e, sc, size)
-			res.Scenario = sc
-			rep.Results = append(rep.Results, res)
+			for i := range res {
+				res[i].Scenario = sc
+			}
+			rep.Results = append(rep.Results, res...)
 			if err != nil {
 				return rep, fmt.Errorf("bench %s: %w", sc, err)
 			}
@@ -102,18 +112,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
-func runScenario(ctx context.Context, e *env, sc Scenario, size int) (Result, error) {
+// runScenario runs one scenario (one size of it). Its results are one per
+// scenario, but for the storm with StormConfig.Auth, which adds the
+// authorized storm's.
+func runScenario(ctx context.Context, e *env, sc Scenario, size int) ([]Result, error) {
+	one := func(r Result, err error) ([]Result, error) { return []Result{r}, err }
 	switch sc {
 	case Latency:
-		return runLatency(ctx, e)
+		return one(runLatency(ctx, e))
 	case FanOut:
-		return runFanOut(ctx, e)
+		return one(runFanOut(ctx, e))
 	case Storm:
 		return runStorm(ctx, e, size)
 	case Inbound:
-		return runInbound(ctx, e)
+		return one(runInbound(ctx, e))
 	}
-	return Result{}, fmt.Errorf("%w: %q", ErrUnknownScenario, sc)
+	return nil, fmt.Errorf("%w: %q", ErrUnknownScenario, sc)
 }
 
 // sidecarCounters describes what the sidecar's own counters moved by, and

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +36,9 @@ type stormPhase struct {
 	short    int           // thread_bound frames that announced another count
 	errors   int           // error frames
 	firstErr string        // the first connection's first error frame
+	failed   int           // binds answered with an error frame before thread_bound
+	refused  int           // connections refused at the handshake (stormSide.failFast)
+	refusal  string        // the first refusal
 
 	base, idle, bound    usage     // settled before connecting, connected, bound
 	mBase, mIdle, mBound metricSet // the sidecar's metrics at the same points; nil if unavailable
@@ -67,8 +72,23 @@ func (p *stormPhase) wrapUp(ctx context.Context, e *env, t *target, m *meter, st
 // unbound connections, and then has every connection bind its own thread,
 // replaying from the start, at once. The baseline does the same with nats.go
 // clients through nats-server's WebSocket listener: each subscribes to its
+// stormSide is what tells the storm's threadbus phases apart.
+type stormSide struct {
+	phase string // its name in thread ids and progress lines
+	// header returns connection i's handshake headers; nil: none.
+	header func(i int) http.Header
+	// failFast counts a connection the sidecar refuses at the handshake, or
+	// whose bind it answers with an error frame, as failed and stops waiting
+	// for it, instead of failing the phase or waiting for the wait timeout.
+	failFast bool
+}
+
+var plainSide = stormSide{phase: "storm"}
+
 // thread.<tid>.out and reads the stored events with a batch direct get.
-func runStorm(ctx context.Context, e *env, conns int) (Result, error) {
+// With StormConfig.Auth, the same storm against a sidecar with --auth jwt
+// --authz nats runs right after the first, and is the second result.
+func runStorm(ctx context.Context, e *env, conns int) ([]Result, error) {
 	k := e.cfg.Storm.Events
 	layout := "interleaved"
 	if e.cfg.Storm.Grouped {
@@ -87,11 +107,24 @@ func runStorm(ctx context.Context, e *env, conns int) (Result, error) {
 	}
 	var tb, nb stormPhase
 	err := e.phase(ctx, &res, "threadbus", func(t *target) (err error) {
-		tb, err = stormThreadbus(ctx, e, t, conns)
+		tb, err = stormThreadbus(ctx, e, t, conns, plainSide)
 		return err
 	})
 	if err != nil {
-		return res, fmt.Errorf("threadbus phase: %w", err)
+		return []Result{res}, fmt.Errorf("threadbus phase: %w", err)
+	}
+	// The authorized storm runs right after the plain one, so that the two
+	// meet the same load from the rest of the machine as far as possible.
+	var (
+		authed  *Result
+		authErr error
+	)
+	if e.cfg.Storm.Auth {
+		r, err := runAuthStorm(ctx, e, res.Label, boundName, conns, tb)
+		if err != nil {
+			authErr = fmt.Errorf("threadbus --auth jwt phase: %w", err)
+		}
+		authed = &r
 	}
 	skipped := false
 	err = e.phase(ctx, &res, "nats-server ws", func(t *target) (err error) {
@@ -165,7 +198,10 @@ func runStorm(ctx context.Context, e *env, conns int) (Result, error) {
 			res.note("nats-server ws process, per client: %s", s)
 		}
 	}
-	return res, err
+	if authed != nil {
+		return []Result{res, *authed}, errors.Join(authErr, err)
+	}
+	return []Result{res}, err
 }
 
 // storeEvents stores k events in each of n threads, interleaved across
@@ -189,16 +225,16 @@ func storeEvents(ctx context.Context, e *env, ag *agent, n, k int, thread func(i
 }
 
 // stormThreadbus is the sidecar's side of the storm.
-func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPhase, error) {
+func stormThreadbus(ctx context.Context, e *env, t *target, conns int, side stormSide) (stormPhase, error) {
 	var p stormPhase
 	k := e.cfg.Storm.Events
-	thread := func(i int) string { return e.thread("storm", i) }
+	thread := func(i int) string { return e.thread(side.phase, i) }
 	ag, err := connectAgent(ctx, t.NATS, "bench-storm-agent")
 	if err != nil {
 		return p, err
 	}
 	defer ag.close()
-	e.prog.note("storm: storing %d events in each of %d threads", k, conns)
+	e.prog.note("%s: storing %d events in each of %d threads", side.phase, k, conns)
 	if err := storeEvents(ctx, e, ag, conns, k, thread); err != nil {
 		return p, err
 	}
@@ -219,16 +255,29 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 
 	base := time.Now()
 	done := newTally(base, int64(conns))
+	// over counts the connections done with: complete, or failed (only
+	// waited on with side.failFast).
+	over := newTally(base, int64(conns))
+	waitOn := done
+	if side.failFast {
+		waitOn = over
+	}
 	state := make([]stormConn, conns)
 	sentAt := make([]time.Duration, conns) // written before each request, read after the storm
+	complete := func(s *stormConn) {
+		s.doneAt = time.Since(base)
+		done.add(1)
+		if !s.failed {
+			over.add(1)
+		}
+	}
 	handle := func(i int, data []byte) {
 		s := &state[i]
 		switch f := parseFrame(data); f.kind {
 		case boundFrame:
 			s.bound, s.replayed = true, f.replayed
 			if k == 0 && s.doneAt == 0 {
-				s.doneAt = time.Since(base)
-				done.add(1)
+				complete(s)
 			}
 		case eventFrame:
 			if !s.bound || f.n != s.next {
@@ -237,19 +286,30 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 			}
 			s.next++
 			if s.next == k {
-				s.doneAt = time.Since(base)
-				done.add(1)
+				complete(s)
 			}
 		case errorFrame:
 			if s.errors == 0 {
 				s.firstErr = f.code + ": " + f.message
 			}
 			s.errors++
+			if !s.bound && !s.failed && s.doneAt == 0 {
+				s.failed = true
+				over.add(1)
+			}
 		}
 	}
+	dial := dialOptions{header: side.header, keepRefused: side.failFast}
+	refusals := func(fl *fleet) {
+		p.refused = fl.refused
+		if fl.firstRefusal != nil {
+			p.refusal = fl.firstRefusal.Error()
+		}
+		over.add(int64(fl.refused))
+	}
 	if e.cfg.Storm.Connect {
-		e.prog.note("storm: %d connections connect and bind their threads", conns)
-		stop := e.prog.start("storm", func() string {
+		e.prog.note("%s: %d connections connect and bind their threads", side.phase, conns)
+		stop := e.prog.start(side.phase, func() string {
 			return fmt.Sprintf("%d/%d connections have their replay", done.count(), conns)
 		})
 		m := t.meter(ctx)
@@ -258,15 +318,16 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 		fl, err := openFleet(ctx, e.hc, conns, e.cfg.DialWorkers, e.cfg.WaitTimeout, func(i int) string {
 			sentAt[i] = time.Since(base)
 			return t.wsURL("thread_id=" + thread(i) + "&since=0")
-		}, handle, e.prog, "storm")
+		}, dial, handle, e.prog, side.phase)
 		if err != nil {
 			stop()
 			return p, err
 		}
 		defer fl.close()
 		p.connect = time.Since(base) - start
-		waitErr := waitFor(ctx, e.cfg.WaitTimeout, done, int64(conns))
-		if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, "storm"); err != nil {
+		refusals(fl)
+		waitErr := waitFor(ctx, e.cfg.WaitTimeout, waitOn, int64(conns))
+		if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, side.phase); err != nil {
 			return p, err
 		}
 		fl.close()
@@ -276,20 +337,22 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 		}
 		return p, nil
 	}
-	e.prog.note("storm: opening %d unbound connections", conns)
+	e.prog.note("%s: opening %d unbound connections", side.phase, conns)
 	began := time.Now()
-	fl, err := openFleet(ctx, e.hc, conns, e.cfg.DialWorkers, e.cfg.WaitTimeout, func(int) string { return t.wsURL("") }, handle, e.prog, "storm")
+	fl, err := openFleet(ctx, e.hc, conns, e.cfg.DialWorkers, e.cfg.WaitTimeout, func(int) string { return t.wsURL("") },
+		dial, handle, e.prog, side.phase)
 	if err != nil {
 		return p, err
 	}
 	defer fl.close()
 	p.connect = time.Since(began)
+	refusals(fl)
 	if p.idle, p.mIdle, err = settled(ctx, t); err != nil {
 		return p, err
 	}
 
-	e.prog.note("storm: %d connections bind their threads at once", conns)
-	stop := e.prog.start("storm", func() string {
+	e.prog.note("%s: %d connections bind their threads at once", side.phase, conns-p.refused)
+	stop := e.prog.start(side.phase, func() string {
 		return fmt.Sprintf("%d/%d connections have their replay", done.count(), conns)
 	})
 	m := t.meter(ctx)
@@ -302,8 +365,8 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 		stop()
 		return p, fmt.Errorf("bind requests: %w", err)
 	}
-	waitErr := waitFor(ctx, e.cfg.WaitTimeout, done, int64(conns))
-	if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, "storm"); err != nil {
+	waitErr := waitFor(ctx, e.cfg.WaitTimeout, waitOn, int64(conns))
+	if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, side.phase); err != nil {
 		return p, err
 	}
 	fl.close()
@@ -318,6 +381,7 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int) (stormPha
 // only, read after close.
 type stormConn struct {
 	bound    bool
+	failed   bool // an error frame before thread_bound: the bind was refused
 	replayed int
 	next     int // the next event expected
 	odd      int
@@ -333,6 +397,9 @@ func (p *stormPhase) tallyStorm(k, conns int, sentAt []time.Duration, state []st
 	for i, s := range state[:conns] {
 		p.odd += s.odd
 		p.errors += s.errors
+		if s.failed {
+			p.failed++
+		}
 		if p.firstErr == "" {
 			p.firstErr = s.firstErr
 		}

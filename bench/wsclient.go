@@ -29,16 +29,32 @@ type wsConn struct {
 // fleet is a set of WebSocket connections, each with a goroutine reading
 // its frames. close ends them all and waits for the readers.
 type fleet struct {
-	conns   []*wsConn
+	conns   []*wsConn // nil where the sidecar refused the connection
 	readers sync.WaitGroup
 	opened  atomic.Int64
 	once    sync.Once
+
+	// With dialOptions.keepRefused, the connections the sidecar refused,
+	// and the first refusal. Written while opening, read after.
+	refused      int
+	firstRefusal error
+}
+
+// dialOptions are what a fleet's handshakes carry beyond the URL, and what
+// a refusal does. The zero value sends no headers and fails on a refusal.
+type dialOptions struct {
+	// header returns connection i's request headers; nil: none.
+	header func(i int) http.Header
+	// keepRefused counts a connection the sidecar refuses (an error frame
+	// instead of connection_established, as an invalid token gets) in
+	// fleet.refused and leaves its slot nil, instead of failing the fleet.
+	keepRefused bool
 }
 
 // openFleet opens n connections to the URLs url(i), workers at a time, and
 // starts reading each as soon as it is open. On error it closes what it
 // opened.
-func openFleet(ctx context.Context, hc *http.Client, n, workers int, timeout time.Duration, url func(i int) string, handle frameHandler, prog *progress, label string) (*fleet, error) {
+func openFleet(ctx context.Context, hc *http.Client, n, workers int, timeout time.Duration, url func(i int) string, opts dialOptions, handle frameHandler, prog *progress, label string) (*fleet, error) {
 	f := &fleet{conns: make([]*wsConn, n)}
 	stop := prog.start(label, func() string {
 		return fmt.Sprintf("%d/%d connections open", f.opened.Load(), n)
@@ -52,6 +68,7 @@ func openFleet(ctx context.Context, hc *http.Client, n, workers int, timeout tim
 		firstErr error
 		errOnce  sync.Once
 		wg       sync.WaitGroup
+		refuseMu sync.Mutex
 	)
 	for range min(workers, n) {
 		wg.Go(func() {
@@ -60,7 +77,20 @@ func openFleet(ctx context.Context, hc *http.Client, n, workers int, timeout tim
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				c, err := dialConn(ctx, hc, url(i), timeout)
+				var h http.Header
+				if opts.header != nil {
+					h = opts.header(i)
+				}
+				c, err := dialConn(ctx, hc, url(i), h, timeout)
+				if opts.keepRefused && errors.Is(err, ErrRefused) {
+					refuseMu.Lock()
+					f.refused++
+					if f.firstRefusal == nil {
+						f.firstRefusal = fmt.Errorf("connection %d of %d: %w", i+1, n, err)
+					}
+					refuseMu.Unlock()
+					continue
+				}
 				if err != nil {
 					errOnce.Do(func() { firstErr = fmt.Errorf("connection %d of %d: %w", i+1, n, err); cancel() })
 					return
@@ -83,12 +113,16 @@ func openFleet(ctx context.Context, hc *http.Client, n, workers int, timeout tim
 	return f, nil
 }
 
-// dialConn opens one connection and reads its connection_established frame.
-func dialConn(ctx context.Context, hc *http.Client, url string, timeout time.Duration) (*wsConn, error) {
+// dialConn opens one connection with the request headers h (nil: none)
+// and reads its connection_established frame. An error frame in its place
+// (how the sidecar refuses a token, after the upgrade) is an error wrapping
+// ErrRefused with the frame's code.
+func dialConn(ctx context.Context, hc *http.Client, url string, h http.Header, timeout time.Duration) (*wsConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient:      hc,
+		HTTPHeader:      h,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
@@ -108,6 +142,10 @@ func dialConn(ctx context.Context, hc *http.Client, url string, timeout time.Dur
 		Payload struct {
 			ConnectionID string `json:"connection_id"`
 		} `json:"payload"`
+	}
+	if f := parseFrame(data); f.kind == errorFrame {
+		ws.CloseNow()
+		return nil, fmt.Errorf("%s: %w: %s: %s", url, ErrRefused, f.code, f.message)
 	}
 	if json.Unmarshal(data, &est) != nil || est.Type != "connection_established" || est.Payload.ConnectionID == "" {
 		ws.CloseNow()
@@ -156,8 +194,8 @@ func (f *fleet) write(ctx context.Context, i int, data []byte) error {
 	return f.conns[i].ws.Write(ctx, websocket.MessageText, data)
 }
 
-// each runs fn for every connection, workers at a time, and returns the
-// first error.
+// each runs fn for every open connection, workers at a time, and returns
+// the first error. Refused connections (nil slots) are skipped.
 func (f *fleet) each(ctx context.Context, workers int, fn func(ctx context.Context, i int) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -173,6 +211,9 @@ func (f *fleet) each(ctx context.Context, workers int, fn func(ctx context.Conte
 				i := int(next.Add(1) - 1)
 				if i >= len(f.conns) || ctx.Err() != nil {
 					return
+				}
+				if f.conns[i] == nil {
+					continue
 				}
 				if err := fn(ctx, i); err != nil {
 					errOnce.Do(func() { firstErr = fmt.Errorf("connection %d: %w", i, err); cancel() })

@@ -30,6 +30,7 @@ func benchCommand() *cli.Command {
 			"Examples:\n" +
 			"  threadbus bench latency --rate 1000 --duration 10s\n" +
 			"  threadbus bench storm --conns 1000 --conns 10000 --json storm.json\n" +
+			"  threadbus bench storm --conns 10000 --auth\n" +
 			"  threadbus bench all --json bench.json",
 		Subcommands: []*cli.Command{
 			scenarioCommand(bench.Latency, "p50/p99/p99.9 from JetStream publish to WebSocket frame, next to plain NATS subscribers", latencyFlags("")),
@@ -114,6 +115,7 @@ func stormFlags(p string) []cli.Flag {
 		&cli.BoolFlag{Name: p + "restart", Usage: "storm: restart the sidecar (same data dir) between storing the events and the storm: a cold start", EnvVars: flagEnv(bench.Storm, "restart")},
 		&cli.BoolFlag{Name: p + "no-baseline", Usage: "storm: skip the nats.go baseline", EnvVars: flagEnv(bench.Storm, "no-baseline")},
 		&cli.BoolFlag{Name: p + "grouped", Usage: "storm: store each thread's events together instead of interleaved with every other thread's", EnvVars: flagEnv(bench.Storm, "grouped")},
+		&cli.BoolFlag{Name: p + "auth", Usage: "storm: also run it against a sidecar with --auth jwt --authz nats (a token and a user per connection, hook answered by the bench, cache cold), next to the one without auth", EnvVars: flagEnv(bench.Storm, "auth")},
 	}
 }
 
@@ -150,7 +152,7 @@ func benchConfig(c *cli.Context, scenarios []bench.Scenario, prefix func(bench.S
 		case bench.FanOut:
 			cfg.FanOut = bench.FanOutConfig{Conns: c.Int(p + "conns"), Events: c.Int(p + "events"), Window: c.Int(p + "window")}
 		case bench.Storm:
-			cfg.Storm = bench.StormConfig{Conns: c.IntSlice(p + "conns"), Events: c.Int(p + "events"), Grouped: c.Bool(p + "grouped"), Connect: c.Bool(p + "connect"), Restart: c.Bool(p + "restart"), NoBaseline: c.Bool(p + "no-baseline"), Idle: c.Duration(p + "idle")}
+			cfg.Storm = bench.StormConfig{Conns: c.IntSlice(p + "conns"), Events: c.Int(p + "events"), Grouped: c.Bool(p + "grouped"), Connect: c.Bool(p + "connect"), Restart: c.Bool(p + "restart"), NoBaseline: c.Bool(p + "no-baseline"), Idle: c.Duration(p + "idle"), Auth: c.Bool(p + "auth")}
 		case bench.Inbound:
 			cfg.Inbound = bench.InboundConfig{Conns: c.Int(p + "conns"), Frames: c.Int(p + "frames")}
 		}
