@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/threadbus/threadbus/subjects"
 )
@@ -29,24 +30,47 @@ type Client struct {
 	Raw   []byte
 }
 
-// Parse parses one text frame. A frame must be a JSON object with a string
-// "type"; a thread id it names must be valid.
+// MaxDepth is how deeply a client frame may nest objects and arrays, the
+// frame object itself counting as 1. Agents parse frames with recursive
+// decoders (Python's json raises RecursionError near 1,000); legacy
+// frames nest 3 deep.
+const MaxDepth = 64
+
+// Parse parses one text frame. A frame must be UTF-8, a JSON object with a
+// string "type", nested at most MaxDepth deep. Its routing keys ("type",
+// "thread_id", "payload", "since", "epoch", and "thread_id", "since" and
+// "epoch" in payload) appear at most once each and exactly in that case, so
+// every JSON decoder an agent may use reads the same values the sidecar
+// routed by. A thread id it names must be valid, and a top-level thread_id
+// must name the same thread as payload.thread_id when both are set (null
+// counts as not set).
 //
 // Parse runs for every frame a client sends, so it validates the frame and
 // finds the few members it reads in one pass (see scanFrame) instead of
-// decoding maps. It behaves as decoding the frame and its payload into
-// map[string]json.RawMessage would: keys match exactly after unescaping, the
-// last of duplicate keys wins, and values are decoded with encoding/json.
+// decoding maps; FuzzParseDifferential holds it to parseReference, which
+// does decode maps.
 func Parse(data []byte) (Client, error) {
 	c := Client{Raw: data}
+	if !utf8.Valid(data) {
+		return c, ErrInvalidUTF8
+	}
 	// Validity is encoding/json's to decide; the scanner agrees with it
 	// (FuzzParseDifferential) but only finds the members Parse reads.
 	var f members
-	if !json.Valid(data) || !scanFrame(data, &f) {
+	if !json.Valid(data) {
 		return c, ErrNotJSON
+	}
+	if !scanFrame(data, &f) {
+		if f.tooDeep {
+			return c, ErrTooDeep
+		}
+		return c, ErrNotJSON // unreachable: json.Valid accepted it
 	}
 	if !f.object {
 		return c, ErrNotObject
+	}
+	if f.repeated {
+		return c, ErrRepeatedKey
 	}
 	if c.Type = f.typ.frameType(data); c.Type == "" {
 		return c, ErrNotObject
@@ -55,10 +79,15 @@ func Parse(data []byte) (Client, error) {
 	if err != nil {
 		return c, err
 	}
-	if tid == "" {
-		if tid, err = threadID(data, f.tid); err != nil {
-			return c, err
-		}
+	top, err := threadID(data, f.tid)
+	if err != nil {
+		return c, err
+	}
+	switch {
+	case tid == "":
+		tid = top
+	case top != "" && top != tid:
+		return c, fmt.Errorf("%w: %q and %q", ErrThreadMismatch, top, tid)
 	}
 	c.ThreadID = tid
 	if c.Type == TypeSwitchThread {

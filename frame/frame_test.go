@@ -21,7 +21,7 @@ func TestParseLegacyFrames(t *testing.T) {
 		{`{"type":"stop_agent","payload":{}}`, "stop_agent", ""},
 		{`{"type":"ping","timestamp":1764300000000,"connection_id":"abc"}`, "ping", ""},
 		{`{"type":"user_message","thread_id":"top","payload":{"content":"x"}}`, "user_message", "top"},
-		{`{"type":"user_message","thread_id":"top","payload":{"thread_id":"inner"}}`, "user_message", "inner"},
+		{`{"type":"user_message","thread_id":"same","payload":{"thread_id":"same"}}`, "user_message", "same"},
 		{`{"type":"user_message","thread_id":"top","payload":{"thread_id":null}}`, "user_message", "top"},
 		{`{"type":"x","payload":"not an object"}`, "x", ""},
 	}
@@ -68,6 +68,14 @@ func TestParseErrors(t *testing.T) {
 		{`{"type":"m","payload":{"thread_id":7}}`, CodeInvalidThreadID},
 		{`{"type":"m","thread_id":"` + strings.Repeat("a", 129) + `"}`, CodeInvalidThreadID},
 		{`{"type":"switch_thread","payload":{}}`, CodeInvalidThreadID},
+		{`{"type":"m","thread_id":123,"payload":{"thread_id":"a"}}`, CodeInvalidThreadID},
+		{`{"type":"m","thread_id":{"x":1},"payload":{"thread_id":"a"}}`, CodeInvalidThreadID},
+		{`{"type":"m","thread_id":"top","payload":{"thread_id":"inner"}}`, CodeInvalidFrame},
+		{`{"type":"m","payload":{"thread_id":"mine","THREAD_ID":"victim"}}`, CodeInvalidFrame},
+		{`{"type":"m","type":"m"}`, CodeInvalidFrame},
+		{`{"type":"m","payload":{"\u017fince":1}}`, CodeInvalidFrame},
+		{`{"type":"m","a":` + strings.Repeat("[", MaxDepth) + strings.Repeat("]", MaxDepth) + `}`, CodeInvalidFrame},
+		{"{\"type\":\"m\",\"c\":\"\xff\"}", CodeInvalidFrame},
 	}
 	for _, tt := range tests {
 		_, err := Parse([]byte(tt.in))
@@ -165,4 +173,47 @@ func FuzzEvent(f *testing.F) {
 			t.Fatalf("Event(%q) = %s: reserved keys wrong", body, out)
 		}
 	})
+}
+
+// TestParseFrameRules checks the rules that keep stored frames safe for
+// agents to parse, each against its sentinel.
+func TestParseFrameRules(t *testing.T) {
+	deep := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	tests := []struct {
+		in   string
+		want error
+	}{
+		{"{\"type\":\"m\",\"content\":\"\xc3\x28\"}", ErrInvalidUTF8},
+		{"{\"type\":\"m\",\"\xff\":1}", ErrInvalidUTF8},
+		{`{"type":"m","a":` + deep(MaxDepth) + `}`, ErrTooDeep},
+		{`{"type":"m","payload":{"a":` + deep(MaxDepth-1) + `}}`, ErrTooDeep},
+		{deep(MaxDepth + 1), ErrTooDeep},
+		{`{"type":"m","payload":{"thread_id":"mine","THREAD_ID":"victim"}}`, ErrRepeatedKey},
+		{`{"type":"m","payload":{"thread_id":"mine","thread_id":"victim"}}`, ErrRepeatedKey},
+		{`{"type":"m","Thread_Id":"victim"}`, ErrRepeatedKey},
+		{`{"type":"m","payload":{},"PAYLOAD":{}}`, ErrRepeatedKey},
+		{`{"type":"m","since":1,"since":1}`, ErrRepeatedKey},
+		{`{"type":"m","payload":{"ſince":1}}`, ErrRepeatedKey},
+		{`{"type":"m","payload":{"epoch":"a","epoc\u0068":"b"}}`, ErrRepeatedKey},
+		{`{"type":"m","thread_id":"victim","payload":{"thread_id":"mine"}}`, ErrThreadMismatch},
+		{`{"type":"m","thread_id":123,"payload":{"thread_id":"mine"}}`, subjects.ErrInvalidThreadID},
+	}
+	for _, tt := range tests {
+		if _, err := Parse([]byte(tt.in)); !errors.Is(err, tt.want) {
+			t.Errorf("Parse(%.80q) = %v, want %v", tt.in, err, tt.want)
+		}
+	}
+	// Allowed: exactly MaxDepth, repeats of keys that route nothing, and
+	// routing keys nested below the payload.
+	for _, in := range []string{
+		`{"type":"m","a":` + deep(MaxDepth-1) + `}`,
+		`{"type":"m","content":1,"content":2,"Content":3}`,
+		`{"type":"m","payload":{"TYPE":1,"type":2,"a":{"thread_id":"x","THREAD_ID":"y"}}}`,
+		`{"type":"m","thread_id":"t","payload":{"thread_id":"t"}}`,
+		`{"type":"m","thread_id":null,"payload":{"thread_id":"t"}}`,
+	} {
+		if _, err := Parse([]byte(in)); err != nil {
+			t.Errorf("Parse(%.80q) = %v, want no error", in, err)
+		}
+	}
 }

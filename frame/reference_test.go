@@ -4,17 +4,27 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/threadbus/threadbus/subjects"
 )
 
 // parseReference is Parse as it was before the single-pass scanner: two
-// map decodes after json.Valid. It is the oracle for FuzzParseDifferential
-// and the baseline for BenchmarkParse; do not optimise it.
+// map decodes after json.Valid, with the frame rules (UTF-8, depth, routing
+// keys once and in their case, agreeing thread ids) checked each on its
+// own. It is the oracle for FuzzParseDifferential and the baseline for
+// BenchmarkParse; do not optimise it.
 func parseReference(data []byte) (Client, error) {
 	c := Client{Raw: data}
+	if !utf8.Valid(data) {
+		return c, ErrInvalidUTF8
+	}
 	if !json.Valid(data) {
 		return c, ErrNotJSON
+	}
+	if refDepth(data) > MaxDepth {
+		return c, ErrTooDeep
 	}
 	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) == 0 || t[0] != '{' {
 		return c, ErrNotObject
@@ -22,6 +32,12 @@ func parseReference(data []byte) (Client, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {
 		return c, fmt.Errorf("%w: %v", ErrNotObject, err)
+	}
+	if refRepeats(data, "type", "thread_id", "payload", "since", "epoch") {
+		return c, ErrRepeatedKey
+	}
+	if p := top["payload"]; refIsObject(p) && refRepeats(p, "thread_id", "since", "epoch") {
+		return c, ErrRepeatedKey
 	}
 	if err := json.Unmarshal(top["type"], &c.Type); err != nil || c.Type == "" {
 		return c, ErrNotObject
@@ -36,10 +52,15 @@ func parseReference(data []byte) (Client, error) {
 	if err != nil {
 		return c, err
 	}
+	topTid, err := refThreadID(top["thread_id"])
+	if err != nil {
+		return c, err
+	}
+	if tid != "" && topTid != "" && tid != topTid {
+		return c, fmt.Errorf("%w: %q and %q", ErrThreadMismatch, topTid, tid)
+	}
 	if tid == "" {
-		if tid, err = refThreadID(top["thread_id"]); err != nil {
-			return c, err
-		}
+		tid = topTid
 	}
 	c.ThreadID = tid
 	if c.Type == TypeSwitchThread {
@@ -88,4 +109,59 @@ func refIsNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) =
 func refIsObject(raw json.RawMessage) bool {
 	t := bytes.TrimSpace(raw)
 	return len(t) > 0 && t[0] == '{'
+}
+
+// refDepth is how deeply the valid JSON data nests objects and arrays.
+func refDepth(data []byte) int {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	depth, deepest := 0, 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return deepest
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+			deepest = max(deepest, depth)
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+	}
+}
+
+// refRepeats reports whether the JSON object obj has a key that equals one
+// of names under strings.EqualFold but not exactly, or two keys equal to
+// the same name that way.
+func refRepeats(obj []byte, names ...string) bool {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	if _, err := dec.Token(); err != nil {
+		return false
+	}
+	count := map[string]int{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		key := tok.(string)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return false
+		}
+		for _, n := range names {
+			if strings.EqualFold(key, n) {
+				if key != n {
+					return true
+				}
+				count[n]++
+			}
+		}
+	}
+	for _, n := range count {
+		if n > 1 {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package frame
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 )
 
 // members are the values Parse reads from a frame, as found by scanFrame.
@@ -14,6 +15,15 @@ type members struct {
 		// Members of the last top-level "payload", when that is an object.
 		tid, since, epoch span
 	}
+	// repeated is set when a routing key appears twice, or in another
+	// case, at the top level or in the payload object.
+	repeated bool
+	// tooDeep is set when the scan stopped at a container nested deeper
+	// than MaxDepth.
+	tooDeep bool
+	// seen has a bit per routing key met at the top level, and
+	// seenPayload per one met in the payload object.
+	seen, seenPayload uint8
 }
 
 // span is where a value lies in a frame; the zero span is an absent value.
@@ -71,15 +81,14 @@ func (v span) frameType(data []byte) string {
 	return s
 }
 
-// maxDepth is encoding/json's nesting limit, which json.Valid enforces.
-const maxDepth = 10000
-
-// scanFrame reports whether data is valid JSON, accepting exactly what
-// json.Valid accepts, and when it is an object records in f the members
-// Parse reads. Keys compare as decoding into a map does: exactly, after
-// unescaping, the last duplicate winning.
+// scanFrame reports whether data is valid JSON nested at most MaxDepth
+// deep, accepting exactly what json.Valid accepts up to that depth, and
+// when it is an object records in f the members Parse reads. Keys compare
+// as decoding into a map does: exactly, after unescaping, the last
+// duplicate winning; f.repeated tells when a routing key was repeated or
+// spelt in another case. When it returns false for depth, f.tooDeep is set.
 func scanFrame(data []byte, f *members) bool {
-	s := scanner{data: data}
+	s := scanner{data: data, f: f}
 	s.space()
 	if s.i < len(data) && data[s.i] == '{' {
 		f.object = true
@@ -98,6 +107,7 @@ func scanFrame(data []byte, f *members) bool {
 type scanner struct {
 	data []byte
 	i    int
+	f    *members
 }
 
 func (s *scanner) space() {
@@ -111,7 +121,7 @@ func (s *scanner) space() {
 	}
 }
 
-// Keys Parse looks for.
+// Keys Parse looks for, which are also the routing keys.
 const (
 	keyOther = iota
 	keyType
@@ -119,33 +129,83 @@ const (
 	keyPayload
 	keySince
 	keyEpoch
+	keyCount
 )
 
-// keyOf names the key whose quoted form is raw.
-func keyOf(raw []byte) int {
+var keyNames = [keyCount]string{keyType: "type", keyThreadID: "thread_id", keyPayload: "payload", keySince: "since", keyEpoch: "epoch"}
+
+// keyOf names the key whose quoted form is raw; exact is false when the
+// key only matches in another case (as strings.EqualFold decides, which
+// folds "ſ" to "s" as Go's encoding/json does).
+func keyOf(raw []byte) (key int, exact bool) {
 	name := raw[1 : len(raw)-1]
-	if bytes.IndexByte(name, '\\') >= 0 {
-		// Rare: unescape as encoding/json does. Without a backslash a key
-		// is its bytes, or has non-ASCII bytes and matches none.
-		k, ok := unescape(raw)
-		if !ok {
-			return keyOther
+	for _, c := range name {
+		if c == '\\' || c >= 0x80 {
+			return keyOfText(raw) // rare: escapes or non-ASCII
 		}
-		name = []byte(k)
 	}
 	switch string(name) {
 	case "type":
-		return keyType
+		return keyType, true
 	case "thread_id":
-		return keyThreadID
+		return keyThreadID, true
 	case "payload":
-		return keyPayload
+		return keyPayload, true
 	case "since":
-		return keySince
+		return keySince, true
 	case "epoch":
-		return keyEpoch
+		return keyEpoch, true
 	}
-	return keyOther
+	if len(name) > len("thread_id") {
+		return keyOther, false
+	}
+	for k := keyType; k < keyCount; k++ {
+		if bytes.EqualFold(name, []byte(keyNames[k])) {
+			return k, false
+		}
+	}
+	return keyOther, false
+}
+
+// keyOfText is keyOf for a key with escapes or non-ASCII bytes, unescaped
+// as encoding/json does.
+func keyOfText(raw []byte) (key int, exact bool) {
+	name, ok := unescape(raw)
+	if !ok {
+		return keyOther, false
+	}
+	for k := keyType; k < keyCount; k++ {
+		if name == keyNames[k] {
+			return k, true
+		}
+		if strings.EqualFold(name, keyNames[k]) {
+			return k, false
+		}
+	}
+	return keyOther, false
+}
+
+// routing reports whether key is a routing key of the top level (top) or
+// of the payload object.
+func routing(key int, top bool) bool {
+	if top {
+		return key != keyOther
+	}
+	return key == keyThreadID || key == keySince || key == keyEpoch
+}
+
+// note records that a routing key was met, flagging a repeat or a case
+// variant.
+func (f *members) note(key int, exact, top bool) {
+	seen := &f.seenPayload
+	if top {
+		seen = &f.seen
+	}
+	bit := uint8(1) << key
+	if !exact || *seen&bit != 0 {
+		f.repeated = true
+	}
+	*seen |= bit
 }
 
 // object scans the object at s.i, the depth-th nested container, recording
@@ -166,7 +226,13 @@ func (s *scanner) object(depth int, f *members, top bool) bool {
 		if _, ok := s.str(); !ok {
 			return false
 		}
-		key := keyOf(d[start:s.i])
+		key, exact := keyOf(d[start:s.i])
+		if routing(key, top) {
+			f.note(key, exact, top)
+			if !exact {
+				key = keyOther // the frame is refused: record nothing
+			}
+		}
 		s.space()
 		if s.i >= len(d) || d[s.i] != ':' {
 			return false
@@ -245,7 +311,11 @@ func (s *scanner) payload(depth int, f *members) bool {
 	if s.data[s.i] != '{' {
 		return s.value(depth)
 	}
-	return depth+1 <= maxDepth && s.object(depth+1, f, false)
+	if depth+1 > MaxDepth {
+		f.tooDeep = true
+		return false
+	}
+	return s.object(depth+1, f, false)
 }
 
 // value scans any JSON value at s.i, inside depth containers. Nested
@@ -253,7 +323,7 @@ func (s *scanner) payload(depth int, f *members) bool {
 // recursion, so a deeply nested frame cannot grow the goroutine stack.
 func (s *scanner) value(depth int) bool {
 	d := s.data
-	var buf [32]byte
+	var buf [MaxDepth]byte
 	open := buf[:0]
 	for {
 		s.space()
@@ -262,7 +332,8 @@ func (s *scanner) value(depth int) bool {
 		}
 		switch c := d[s.i]; c {
 		case '{', '[':
-			if depth+len(open)+1 > maxDepth {
+			if depth+len(open)+1 > MaxDepth {
+				s.f.tooDeep = true
 				return false
 			}
 			s.i++
