@@ -96,6 +96,9 @@ func startProcessIn(ctx context.Context, dir, binary string, extra []string, cop
 		"--nats-listen", "127.0.0.1:0",
 		"--data-dir", dir,
 		"--nats-config", conf,
+		// The inbound scenario measures throughput: one connection sends
+		// hundreds of frames as fast as it can, far over the default limits.
+		"--frame-rate=-1", "--inbound-bytes-rate=-1",
 	}, extra...)
 	p := &process{dataDir: dir, binary: binary, extra: extra, copyLog: copyLog, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)

@@ -18,6 +18,18 @@ const (
 
 	ReasonSlowConsumer = "slow_consumer"
 
+	// Reasons a client's frame, bind or connection was refused.
+	RefusedFrameRate   = "frame_rate"   // frames per second
+	RefusedByteRate    = "byte_rate"    // inbound bytes per second
+	RefusedBindRate    = "bind_rate"    // binds and switches per second
+	RefusedNewThreads  = "new_threads"  // new threads per minute
+	RefusedRateClose   = "rate_close"   // closed with 1008 after sustained refusals
+	RefusedInvalidUTF8 = "invalid_utf8" // closed with 1007
+	RefusedMaxConns    = "max_conns"    // HTTP 503: --max-connections
+	RefusedMaxConnsIP  = "max_conns_ip" // HTTP 503: --max-conns-per-ip
+	RefusedHost        = "host"         // HTTP 403: Host not in --allowed-host
+	RefusedPongTimeout = "pong_timeout" // closed: no pong within the deadline
+
 	FrameThread  = "thread"  // published to thread.<tid>.in
 	FrameConn    = "conn"    // published to conn.<cid>.in
 	FramePing    = "ping"    // answered locally
@@ -49,6 +61,8 @@ type Metrics struct {
 	PublishErrors   prometheus.Counter
 	AuthRefused     *prometheus.CounterVec // connections refused or closed by auth, by code
 	AuthzDecisions  *prometheus.CounterVec // authorization of client binds, by result
+	Refused         *prometheus.CounterVec // by reason
+	LogsSuppressed  prometheus.Counter
 	BindDuration    prometheus.Histogram
 	DeliveryLatency prometheus.Histogram
 }
@@ -99,6 +113,14 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 			Namespace: namespace, Name: "events_dropped_total",
 			Help: "Queued frames dropped because their connection was closed, by reason.",
 		}, []string{"reason"}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "refused_total",
+			Help: "Client frames, binds and connections refused by a limit, by reason.",
+		}, []string{"reason"}),
+		LogsSuppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "log_lines_suppressed_total",
+			Help: "Warnings not logged, or binds logged at debug, because clients caused too many.",
+		}),
 		PublishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "jetstream_publish_errors_total",
 			Help: "Client frames JetStream did not acknowledge (reported to the client).",
@@ -126,6 +148,8 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 		m.ConnectionsOpen, m.Binds, m.Switches, m.BindErrors, m.FramesIn,
 		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.AuthRefused, m.AuthzDecisions,
 		m.BindDuration, m.DeliveryLatency,
+		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.BindDuration, m.DeliveryLatency,
+		m.Refused, m.LogsSuppressed,
 		busCounter("live_gaps_repaired_total", "Gaps on the live path (lost republished events) filled from the stream.", bus.GapsRepaired),
 		busCounter("replay_scan_passes_total", "Passes of shared stream scans that served replays while many binds ran at once.", bus.ScanPasses),
 		busCounter("replay_scan_messages_total", "Stream messages read by shared replay scans.", bus.ScannedMessages),
@@ -146,6 +170,10 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 	}
 	for _, r := range []string{AuthzAllow, AuthzDeny, AuthzUnavailable, AuthzRevoked} {
 		m.AuthzDecisions.WithLabelValues(r)
+	}
+	for _, r := range []string{RefusedFrameRate, RefusedByteRate, RefusedBindRate, RefusedNewThreads, RefusedRateClose,
+		RefusedInvalidUTF8, RefusedMaxConns, RefusedMaxConnsIP, RefusedHost, RefusedPongTimeout} {
+		m.Refused.WithLabelValues(r)
 	}
 	return m
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/coder/websocket"
@@ -90,6 +91,9 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 		c.bindingTo = ""
 		c.mu.Unlock()
 	}()
+	if err := c.admitBind(tid, via); err != nil {
+		return frame.Bound{}, err
+	}
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.BindTimeout)
 	defer cancel()
 	if err := c.authorize(ctx, tid, via); err != nil {
@@ -176,9 +180,13 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 		c.s.metrics.Switches.Inc()
 	}
 	c.s.metrics.BindDuration.Observe(took.Seconds())
-	c.log.Info("thread bound", "thread", tid, "previous", prev, "via", via,
+	level := slog.LevelInfo
+	if via != viaBackend {
+		level = c.bindLogLevel()
+	}
+	c.log.log(level, "thread bound", []any{"thread", tid, "previous", prev, "via", via,
 		"replay_from", start.String(), "replayed", replayed, "recovered", recovered,
-		"took", took.Round(time.Microsecond))
+		"took", took.Round(time.Microsecond)})
 	return frame.Bound{ThreadID: tid, Replayed: replayed, Recovered: recovered, Epoch: c.s.bus.Epoch()}, nil
 }
 

@@ -66,6 +66,8 @@ type Config struct {
 	// sidecar also obeys threadbus.authz.revoke. By default (nil), every
 	// bind is allowed.
 	Authorizer auth.Authorizer
+	// Limits bound what one connection may do; see Limits.
+	Limits Limits
 	// Logger receives the sidecar's logs. By default, slog.Default().
 	Logger *slog.Logger
 	// Registry receives the sidecar's metrics and is served on /metrics.
@@ -107,6 +109,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}
+	c.Limits = c.Limits.withDefaults()
 	c.OriginPatterns = append([]string(nil), c.OriginPatterns...)
 	return c, nil
 }

@@ -40,6 +40,7 @@ type conn struct {
 	user     string             // the verified user; "" without authentication
 	claims   map[string]any     // the token's claims, kept only for an Authorizer
 	expiry   *time.Timer        // closes the connection when its token expires
+	lim      *connLimits        // see limits.go
 
 	// bindMu serialises binding changes and inbound publishes, so that they
 	// happen in the order the frames (and backend binds) arrived.
@@ -187,6 +188,9 @@ func (c *conn) readLoop() {
 			c.log.Debug("read ended", "err", err, "status", websocket.CloseStatus(err))
 			return
 		}
+		if !c.admitFrame(len(data)) {
+			continue
+		}
 		if typ != websocket.MessageText {
 			onFreshStack(func() {
 				c.s.metrics.FramesIn.WithLabelValues(metrics.FrameInvalid).Inc()
@@ -203,6 +207,11 @@ func (c *conn) handle(data []byte) {
 	f, err := frame.Parse(data)
 	if err != nil {
 		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameInvalid).Inc()
+		if errors.Is(err, frame.ErrInvalidUTF8) {
+			c.s.metrics.Refused.WithLabelValues(metrics.RefusedInvalidUTF8).Inc()
+			c.closeWith(websocket.StatusInvalidFramePayloadData, reasonInvalidUTF8) // RFC 6455, 8.1
+			return
+		}
 		c.sendError(frame.Code(err), err.Error())
 		return
 	}
@@ -236,7 +245,7 @@ func (c *conn) publish(data []byte) {
 	if tid == "" {
 		c.s.metrics.FramesIn.WithLabelValues(metrics.FrameConn).Inc()
 		if err := c.s.bus.PublishConnIn(c.id, c.header(), data); err != nil {
-			c.log.Warn("publish failed", "err", err)
+			c.warnSampled("publish failed", "err", err)
 			c.sendError(frame.CodePublishFailed, err.Error())
 		}
 		return
@@ -246,7 +255,7 @@ func (c *conn) publish(data []byte) {
 	defer cancel()
 	if _, err := c.s.bus.PublishThreadIn(ctx, tid, c.header(), data); err != nil {
 		c.s.metrics.PublishErrors.Inc()
-		c.log.Warn("publish failed", "thread", tid, "err", err)
+		c.warnSampled("publish failed", "thread", tid, "err", err)
 		c.sendError(frame.CodePublishFailed, "frame not stored, send it again: "+err.Error())
 	}
 }
@@ -263,6 +272,10 @@ func (c *conn) thread() string {
 func (c *conn) sendError(code, msg string) { c.send(frame.Error(code, msg)) }
 
 func (c *conn) sendBindError(err error) {
+	if errors.Is(err, ErrRateLimited) {
+		c.sendError(frame.CodeRateLimited, err.Error())
+		return
+	}
 	if errors.Is(err, subjects.ErrInvalidThreadID) || errors.Is(err, frame.ErrInvalidSince) {
 		c.sendError(frame.Code(err), err.Error())
 		return

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/threadbus/threadbus/auth"
 	"github.com/threadbus/threadbus/bus"
@@ -26,6 +27,8 @@ type Server struct {
 	log     *slog.Logger
 	bus     *bus.Bus
 	metrics *metrics.Metrics
+
+	clientLogs *rate.Limiter // log lines clients can cause, see limits.go
 
 	ctx    context.Context // cancelled by Close: ends every connection's I/O
 	cancel context.CancelFunc
@@ -75,6 +78,7 @@ func New(cfg Config) (*Server, error) {
 		cancel()
 		return nil, err
 	}
+	s.clientLogs = newClientLogLimiter(cfg.Limits)
 	s.dispatch.Go(s.dispatchConnMsgs)
 	return s, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -52,7 +53,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "pprof-listen", Usage: "serve net/http/pprof on this address (host:port), for profiling; empty: off", EnvVars: envVars("PPROF_LISTEN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
 			&cli.BoolFlag{Name: "ui", Value: true, Usage: "serve the thread viewer page at / (--ui=false: off)", EnvVars: envVars("UI")},
-		}, authFlags()...),
+		}, slices.Concat(authFlags(), limitFlags())...),
 		Action: func(c *cli.Context) error {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
@@ -88,6 +89,7 @@ func serveCommand() *cli.Command {
 					SendQueueBytes: c.Int("send-queue-bytes"),
 					WriteTimeout:   c.Duration("write-timeout"),
 					OriginPatterns: c.StringSlice("allowed-origin"),
+					Limits:         limitsConfig(c),
 					Logger:         log,
 				},
 			})
