@@ -125,6 +125,13 @@ func TestServerFrames(t *testing.T) {
 	if got := string(Pong([]byte(`{"type":"ping","timestamp":17,"connection_id":"c"}`))); got != `{"type":"pong","timestamp":17}` {
 		t.Fatalf("Pong = %s", got)
 	}
+	big := `"` + strings.Repeat("x", 1000) + `"`
+	if got := string(Pong([]byte(`{"type":"ping","timestamp":1,"payload":` + big + `}`))); got != `{"type":"pong","timestamp":1}` {
+		t.Fatalf("Pong echoes more than the timestamp: %s", got)
+	}
+	if got := string(Pong([]byte(`{"type":"ping","timestamp":` + big + `}`))); got != `{"type":"pong"}` {
+		t.Fatalf("Pong echoes a large timestamp: %.80s", got)
+	}
 	if got := string(Error(CodeInvalidJSON, "x")); got != `{"payload":{"code":"invalid_json","message":"x"},"type":"error"}` {
 		t.Fatalf("Error = %s", got)
 	}

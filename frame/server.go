@@ -50,18 +50,21 @@ func Error(code, message string) []byte {
 	})
 }
 
-// Pong answers a ping, echoing its timestamp and payload when present.
+// Pong answers a ping, echoing its timestamp when present. Only the
+// timestamp: a client that pings with a large payload and never reads
+// would otherwise make the sidecar hold copies of it.
 func Pong(ping []byte) []byte {
 	var p struct {
 		Timestamp json.RawMessage `json:"timestamp,omitempty"`
-		Payload   json.RawMessage `json:"payload,omitempty"`
 	}
-	_ = json.Unmarshal(ping, &p) // the ping was parsed already; members are optional
+	_ = json.Unmarshal(ping, &p) // the ping was parsed already; timestamp is optional
+	if len(p.Timestamp) > 64 {
+		p.Timestamp = nil // a timestamp is a number or a short string
+	}
 	return mustJSON(struct {
 		Type      string          `json:"type"`
 		Timestamp json.RawMessage `json:"timestamp,omitempty"`
-		Payload   json.RawMessage `json:"payload,omitempty"`
-	}{TypePong, p.Timestamp, p.Payload})
+	}{TypePong, p.Timestamp})
 }
 
 // Event turns a stored event body into the frame delivered to clients: the
