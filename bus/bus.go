@@ -36,6 +36,15 @@ type Config struct {
 	// ownership rule in stream.go). By default, 3 when the NATS server is
 	// one of a cluster of 3 or more, else 1.
 	Replicas int
+	// MaxBytes bounds the THREADS stream's size; the oldest messages are
+	// discarded beyond it. By default, DefaultMaxBytes (8 GiB); negative:
+	// no limit.
+	MaxBytes int64
+	// MaxMsgsPerSubject bounds the messages kept per thread and direction
+	// (thread.<tid>.in, thread.<tid>.out); the thread's oldest are discarded
+	// beyond it. By default, DefaultMaxMsgsPerSubject (10,000); negative: no
+	// limit.
+	MaxMsgsPerSubject int64
 	// RegistryTTL is how long a binding stays in the registry after its
 	// sidecar last refreshed it, which bounds how long the bindings of a
 	// sidecar that died remain visible. By default, DefaultRegistryTTL (60s).
@@ -168,7 +177,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	err = retryUnavailable(ctx, b.log, "open the THREADS stream", func() error {
 		var err error
-		b.stream, err = ensureStream(ctx, b.js, StreamConfig(cfg.Retention, b.cfg.Replicas), b.log)
+		b.stream, err = ensureStream(ctx, b.js, b.cfg.withStoreLimits(StreamConfig(cfg.Retention, b.cfg.Replicas)), b.log)
 		return err
 	})
 	if err != nil {

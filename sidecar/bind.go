@@ -99,7 +99,7 @@ func (c *conn) bind(tid string, since *uint64, epoch, via string) (frame.Bound, 
 	if err := c.authorize(ctx, tid, via); err != nil {
 		return frame.Bound{}, fmt.Errorf("bind conn %s to thread %s: %w", c.id, tid, err)
 	}
-	start, recovered, err := c.replayStart(ctx, since, epoch)
+	start, recovered, err := c.replayStart(ctx, tid, since, epoch)
 	if err != nil {
 		c.s.metrics.BindErrors.Inc()
 		c.log.Warn("bind failed", "thread", tid, "via", via, "err", err)
@@ -202,9 +202,9 @@ func (c *conn) unbind(nb *binding) {
 // replayStart applies the contract's replay rule. With since, the events
 // after it, unless since belongs to another incarnation of the stream
 // (epoch mismatch, or beyond the stream's end), when the grace rule applies
-// and recovered is false. recovered is also false when retention already
-// removed events after since.
-func (c *conn) replayStart(ctx context.Context, since *uint64, epoch string) (bus.Start, bool, error) {
+// and recovered is false. recovered is also false when retention or a
+// size limit already removed events after since.
+func (c *conn) replayStart(ctx context.Context, tid string, since *uint64, epoch string) (bus.Start, bool, error) {
 	graceFrom := time.Now()
 	if !c.bound {
 		graceFrom = c.openedAt
@@ -223,7 +223,11 @@ func (c *conn) replayStart(ctx context.Context, since *uint64, epoch string) (bu
 	if *since > last {
 		return byGrace, false, nil
 	}
-	return bus.Start{AfterSeq: *since}, first <= *since+1, nil
+	if first > *since+1 {
+		return bus.Start{AfterSeq: *since}, false, nil
+	}
+	trimmed, err := c.s.bus.ThreadTrimmed(ctx, tid, *since)
+	return bus.Start{AfterSeq: *since}, !trimmed, err
 }
 
 // replay queues thread_bound and then the stored events from start through

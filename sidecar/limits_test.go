@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/sidecar"
 	"github.com/threadbus/threadbus/subjects"
 )
@@ -245,5 +247,43 @@ func TestLimitsOff(t *testing.T) {
 			t.Fatalf("%d of %d frames published: %v", got, n, err)
 		}
 		got++
+	}
+}
+
+// TestResumePastThreadLimit: a thread over its per-thread message limit
+// lost its oldest events; a resume from before them is not recovered.
+func TestResumePastThreadLimit(t *testing.T) {
+	ns, err := bus.StartServer(bus.ServerConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	b, err := bus.Open(context.Background(), bus.Config{URL: ns.ClientURL(), MaxMsgsPerSubject: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	s, err := sidecar.New(sidecar.Config{Bus: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	t.Cleanup(func() { s.Close(context.Background()) })
+	e := &env{t: t, bus: b, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", http: hs.URL}
+
+	e.publish("t0", 1)         // keeps the stream's first sequence below t1's
+	seqs := e.publish("t1", 5) // t1 keeps seqs[2:]
+	for _, tt := range []struct {
+		since     uint64
+		recovered bool
+		replayed  float64
+	}{{seqs[0], false, 3}, {seqs[1], true, 3}, {seqs[3], true, 1}} {
+		c := e.dial(fmt.Sprintf("?thread_id=t1&since=%d", tt.since))
+		f := c.read()
+		p, _ := f["payload"].(map[string]any)
+		if f["type"] != "thread_bound" || p["recovered"] != tt.recovered || p["replayed"] != tt.replayed {
+			t.Errorf("since %d: %v, want recovered %v replayed %v", tt.since, f, tt.recovered, tt.replayed)
+		}
 	}
 }

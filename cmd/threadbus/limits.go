@@ -1,10 +1,49 @@
 package main
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
+
 	"github.com/urfave/cli/v2"
 
+	"github.com/threadbus/threadbus/bus"
 	"github.com/threadbus/threadbus/sidecar"
 )
+
+// storeFlags bound the THREADS stream (bus.Config.MaxBytes and
+// MaxMsgsPerSubject).
+func storeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "store-max-bytes", Value: "8GiB", Usage: "largest size of the THREADS stream (e.g. 500MiB, 8GiB; -1: no limit); the oldest messages go first", EnvVars: envVars("STORE_MAX_BYTES")},
+		&cli.Int64Flag{Name: "store-max-msgs-per-thread", Value: bus.DefaultMaxMsgsPerSubject, Usage: "messages kept per thread and direction (-1: no limit); the thread's oldest go first", EnvVars: envVars("STORE_MAX_MSGS_PER_THREAD")},
+	}
+}
+
+// parseSize reads a byte count: an integer with an optional unit B, KiB,
+// MiB, GiB, TiB (or KB, MB, GB, TB, also powers of 1024). -1 is no limit.
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}, {"KB", 10}, {"MB", 20}, {"GB", 30}, {"TB", 40}, {"B", 0}}
+	shift := uint(0)
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) {
+			t, shift = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < -1 || n > (1<<62)>>shift {
+		return 0, fmt.Errorf("size %q: want a number of bytes with an optional unit (KiB, MiB, GiB, TiB), or -1", s)
+	}
+	if n == -1 {
+		return -1, nil
+	}
+	return n << shift, nil
+}
 
 // limitFlags are serve's per-connection limits (sidecar.Limits). A
 // negative value turns a limit off.

@@ -53,7 +53,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "pprof-listen", Usage: "serve net/http/pprof on this address (host:port), for profiling; empty: off", EnvVars: envVars("PPROF_LISTEN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
 			&cli.BoolFlag{Name: "ui", Value: true, Usage: "serve the thread viewer page at / (--ui=false: off)", EnvVars: envVars("UI")},
-		}, slices.Concat(authFlags(), limitFlags())...),
+		}, slices.Concat(authFlags(), limitFlags(), storeFlags())...),
 		Action: func(c *cli.Context) error {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
@@ -63,6 +63,10 @@ func serveCommand() *cli.Command {
 			ac, err := authConfigFrom(c, c.String("listen"))
 			if err != nil {
 				return err
+			}
+			maxBytes, err := parseSize(c.String("store-max-bytes"))
+			if err != nil {
+				return fmt.Errorf("--store-max-bytes: %w", err)
 			}
 			return serve(c.Context, log, serveConfig{
 				auth:       ac,
@@ -82,6 +86,8 @@ func serveCommand() *cli.Command {
 				registryTTL: c.Duration("registry-ttl"),
 				ui:          c.Bool("ui"),
 				replicas:    c.Int("replicas"),
+				maxBytes:    maxBytes,
+				maxMsgs:     c.Int64("store-max-msgs-per-thread"),
 				sidecar: sidecar.Config{
 					SidecarID:      c.String("sidecar-id"),
 					ReplayGrace:    c.Duration("replay-grace"),
@@ -106,6 +112,7 @@ type serveConfig struct {
 	replicas                                         int
 	replayCache                                      int64 // bytes; 0: off
 	cluster                                          clusterConfig
+	maxBytes, maxMsgs                                int64 // THREADS size limits, see bus.Config
 	sidecar                                          sidecar.Config
 }
 
@@ -170,6 +177,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	b, err := bus.Open(ctx, bus.Config{
 		URL: url, Retention: cfg.retention, Replicas: cfg.replicas, RegistryTTL: cfg.registryTTL,
 		RecentBytes: recentBytes, RecentSpan: grace, Logger: log,
+		MaxBytes: cfg.maxBytes, MaxMsgsPerSubject: cfg.maxMsgs,
 	})
 	if err != nil {
 		return err
