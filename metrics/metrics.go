@@ -28,6 +28,7 @@ const (
 	RefusedMaxConns    = "max_conns"    // HTTP 503: --max-connections
 	RefusedMaxConnsIP  = "max_conns_ip" // HTTP 503: --max-conns-per-ip
 	RefusedHost        = "host"         // HTTP 403: Host not in --allowed-host
+	RefusedSockets     = "sockets"      // socket closed at accept: over --max-connections plus headroom
 	RefusedPongTimeout = "pong_timeout" // closed: no pong within the deadline
 
 	FrameThread  = "thread"  // published to thread.<tid>.in
@@ -172,7 +173,7 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 		m.AuthzDecisions.WithLabelValues(r)
 	}
 	for _, r := range []string{RefusedFrameRate, RefusedByteRate, RefusedBindRate, RefusedNewThreads, RefusedRateClose,
-		RefusedInvalidUTF8, RefusedMaxConns, RefusedMaxConnsIP, RefusedHost, RefusedPongTimeout} {
+		RefusedInvalidUTF8, RefusedMaxConns, RefusedMaxConnsIP, RefusedHost, RefusedSockets, RefusedPongTimeout} {
 		m.Refused.WithLabelValues(r)
 	}
 	return m

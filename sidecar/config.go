@@ -68,6 +68,8 @@ type Config struct {
 	Authorizer auth.Authorizer
 	// Limits bound what one connection may do; see Limits.
 	Limits Limits
+	// Admission decides which handshakes are accepted; see Admission.
+	Admission Admission
 	// Logger receives the sidecar's logs. By default, slog.Default().
 	Logger *slog.Logger
 	// Registry receives the sidecar's metrics and is served on /metrics.
@@ -110,6 +112,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Registry = prometheus.NewRegistry()
 	}
 	c.Limits = c.Limits.withDefaults()
+	c.Admission = c.Admission.withDefaults()
 	c.OriginPatterns = append([]string(nil), c.OriginPatterns...)
 	return c, nil
 }

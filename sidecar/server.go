@@ -29,6 +29,7 @@ type Server struct {
 	metrics *metrics.Metrics
 
 	clientLogs *rate.Limiter // log lines clients can cause, see limits.go
+	admission  *admission
 
 	ctx    context.Context // cancelled by Close: ends every connection's I/O
 	cancel context.CancelFunc
@@ -79,6 +80,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.clientLogs = newClientLogLimiter(cfg.Limits)
+	s.admission = newAdmission(cfg.Admission)
 	s.dispatch.Go(s.dispatchConnMsgs)
 	return s, nil
 }
@@ -121,9 +123,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.handler.Add(1)
 	s.mu.Unlock()
+	release, ok := s.admit(w, r) // see admission.go
+	if !ok {
+		s.handler.Done()
+		return
+	}
 	detached := false
 	defer func() {
 		if !detached {
+			release()
 			s.handler.Done()
 		}
 	}()
@@ -166,6 +174,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	detached = true
 	go func() {
 		defer s.handler.Done()
+		defer release()
 		c.serve(q)
 	}()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -71,4 +72,42 @@ func limitsConfig(c *cli.Context) sidecar.Limits {
 		RateLimitTolerance:  c.Int("rate-limit-tolerance"),
 		LogRate:             c.Float64("client-log-rate"),
 	}
+}
+
+// admissionFlags decide which handshakes serve accepts (sidecar.Admission).
+func admissionFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.IntFlag{Name: "max-connections", Value: sidecar.DefaultMaxConnections, Usage: "WebSocket connections open at once; beyond: HTTP 503 before upgrading (-1: no limit)", EnvVars: envVars("MAX_CONNECTIONS")},
+		&cli.IntFlag{Name: "max-conns-per-ip", Value: sidecar.DefaultMaxConnsPerIP, Usage: "connections of one client address, except --conns-per-ip-exempt; beyond: HTTP 503 (-1: no limit)", EnvVars: envVars("MAX_CONNS_PER_IP")},
+		&cli.StringSliceFlag{Name: "conns-per-ip-exempt", Value: cli.NewStringSlice("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"), Usage: "client addresses (CIDR) --max-conns-per-ip does not count: where proxies and benchmarks connect from", EnvVars: envVars("CONNS_PER_IP_EXEMPT")},
+		&cli.StringSliceFlag{Name: "trusted-proxies", Usage: "peers (CIDR or address) whose X-Forwarded-For names the client address (repeatable)", EnvVars: envVars("TRUSTED_PROXIES")},
+		&cli.StringSliceFlag{Name: "allowed-host", Usage: "Host header names a handshake may use, *.domain for subdomains (repeatable; default: loopback names when --listen is loopback, else any)", EnvVars: envVars("ALLOWED_HOST")},
+	}
+}
+
+// admissionConfig maps the admission flags; listen decides the default
+// --allowed-host.
+func admissionConfig(c *cli.Context, listen string) (sidecar.Admission, error) {
+	exempt, err := sidecar.ParsePrefixes(c.StringSlice("conns-per-ip-exempt"))
+	if err != nil {
+		return sidecar.Admission{}, fmt.Errorf("--conns-per-ip-exempt: %w", err)
+	}
+	if exempt == nil {
+		exempt = []netip.Prefix{} // set to nothing: exempt nothing
+	}
+	proxies, err := sidecar.ParsePrefixes(c.StringSlice("trusted-proxies"))
+	if err != nil {
+		return sidecar.Admission{}, fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	hosts := c.StringSlice("allowed-host")
+	if len(hosts) == 0 && isLoopback(listen) {
+		hosts = sidecar.LoopbackHosts
+	}
+	return sidecar.Admission{
+		MaxConnections: c.Int("max-connections"),
+		MaxConnsPerIP:  c.Int("max-conns-per-ip"),
+		Exempt:         exempt,
+		TrustedProxies: proxies,
+		AllowedHosts:   hosts,
+	}, nil
 }

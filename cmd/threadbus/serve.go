@@ -53,7 +53,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "pprof-listen", Usage: "serve net/http/pprof on this address (host:port), for profiling; empty: off", EnvVars: envVars("PPROF_LISTEN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
 			&cli.BoolFlag{Name: "ui", Value: true, Usage: "serve the thread viewer page at / (--ui=false: off)", EnvVars: envVars("UI")},
-		}, slices.Concat(authFlags(), limitFlags(), storeFlags())...),
+		}, slices.Concat(authFlags(), limitFlags(), storeFlags(), admissionFlags())...),
 		Action: func(c *cli.Context) error {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
@@ -67,6 +67,10 @@ func serveCommand() *cli.Command {
 			maxBytes, err := parseSize(c.String("store-max-bytes"))
 			if err != nil {
 				return fmt.Errorf("--store-max-bytes: %w", err)
+			}
+			admission, err := admissionConfig(c, c.String("listen"))
+			if err != nil {
+				return err
 			}
 			return serve(c.Context, log, serveConfig{
 				auth:       ac,
@@ -96,6 +100,7 @@ func serveCommand() *cli.Command {
 					WriteTimeout:   c.Duration("write-timeout"),
 					OriginPatterns: c.StringSlice("allowed-origin"),
 					Limits:         limitsConfig(c),
+					Admission:      admission,
 					Logger:         log,
 				},
 			})
@@ -207,13 +212,14 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.listen, err)
 	}
+	checkFileLimit(log, cfg.sidecar.Admission.MaxConnections)
 	handler := sc.Handler()
 	if cfg.ui {
 		handler = ui.Wrap(handler)
 	}
 	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- hs.Serve(sc.LimitListener(ln)) }()
 	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", url, "sidecar", sc.ID(), "epoch", b.Epoch(),
 		"auth", cfg.auth.mode(), "authz", cfg.auth.authz)
 
