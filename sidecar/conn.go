@@ -53,6 +53,7 @@ type conn struct {
 	binding   *binding
 	bindingTo string // the thread a bind under way is for, so revocation finds it
 	dead      bool   // the connection has ended; nothing more is bound or queued
+	pinging   bool   // a ping waits for its pong (see liveness.go)
 	sendQueue
 
 	wg sync.WaitGroup // writer and backend-bind goroutines

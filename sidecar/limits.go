@@ -60,6 +60,13 @@ type Limits struct {
 	// before it is closed with 1008 "rate limit"; one is forgiven per
 	// second. By default, 30.
 	RateLimitTolerance int
+	// PingInterval is how often the sidecar pings each connection, and
+	// PongTimeout how long it waits for the pong before closing the
+	// connection, whose binding then goes: a peer gone without a close is
+	// noticed within their sum. By default, 25s and 15s; a negative
+	// PingInterval turns pings off.
+	PingInterval time.Duration
+	PongTimeout  time.Duration
 	// LogRate bounds, sidecar-wide, the log lines per second that clients
 	// can cause (rate-limit warnings, failed publishes, binds at info);
 	// beyond it binds are logged at debug and warnings are counted in
@@ -86,6 +93,12 @@ func (l Limits) withDefaults() Limits {
 	defInt(&l.NewThreadsPerMinute, DefaultNewThreadsPerMinute)
 	defInt(&l.RateLimitTolerance, DefaultRateLimitTolerance)
 	def(&l.LogRate, DefaultLogRate)
+	if l.PingInterval == 0 {
+		l.PingInterval = DefaultPingInterval
+	}
+	if l.PongTimeout <= 0 {
+		l.PongTimeout = DefaultPongTimeout
+	}
 	return l
 }
 

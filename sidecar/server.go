@@ -82,6 +82,7 @@ func New(cfg Config) (*Server, error) {
 	s.clientLogs = newClientLogLimiter(cfg.Limits)
 	s.admission = newAdmission(cfg.Admission)
 	s.dispatch.Go(s.dispatchConnMsgs)
+	s.dispatch.Go(s.pingLoop)
 	return s, nil
 }
 

@@ -57,6 +57,8 @@ func limitFlags() []cli.Flag {
 		&cli.IntFlag{Name: "bind-burst", Value: sidecar.DefaultBindBurst, Usage: "binds and switches one client may cause at once", EnvVars: envVars("BIND_BURST")},
 		&cli.IntFlag{Name: "new-threads-per-minute", Value: sidecar.DefaultNewThreadsPerMinute, Usage: "threads per minute one connection may bind that are none of its last 4", EnvVars: envVars("NEW_THREADS_PER_MINUTE")},
 		&cli.IntFlag{Name: "rate-limit-tolerance", Value: sidecar.DefaultRateLimitTolerance, Usage: "refusals (one forgiven per second) before a connection is closed with 1008 rate limit", EnvVars: envVars("RATE_LIMIT_TOLERANCE")},
+		&cli.DurationFlag{Name: "ping-interval", Value: sidecar.DefaultPingInterval, Usage: "how often the server pings each connection (negative: never)", EnvVars: envVars("PING_INTERVAL")},
+		&cli.DurationFlag{Name: "pong-timeout", Value: sidecar.DefaultPongTimeout, Usage: "how long a ping waits for its pong before the connection is closed", EnvVars: envVars("PONG_TIMEOUT")},
 		&cli.Float64Flag{Name: "client-log-rate", Value: sidecar.DefaultLogRate, Usage: "log lines per second clients can cause, sidecar-wide (binds beyond it log at debug)", EnvVars: envVars("CLIENT_LOG_RATE")},
 	}
 }
@@ -71,6 +73,8 @@ func limitsConfig(c *cli.Context) sidecar.Limits {
 		NewThreadsPerMinute: c.Int("new-threads-per-minute"),
 		RateLimitTolerance:  c.Int("rate-limit-tolerance"),
 		LogRate:             c.Float64("client-log-rate"),
+		PingInterval:        c.Duration("ping-interval"),
+		PongTimeout:         c.Duration("pong-timeout"),
 	}
 }
 
