@@ -164,7 +164,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	nc, err := nats.Connect(cfg.URL, append(opts, cfg.Options...)...)
 	if err != nil {
 		b.hub.stop()
-		return nil, fmt.Errorf("connect to nats %s: %w", cfg.URL, err)
+		return nil, fmt.Errorf("connect to nats %s: %w", RedactURL(cfg.URL), err)
 	}
 	b.nc = nc
 	if b.js, err = jetstream.New(nc); err != nil {

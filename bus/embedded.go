@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -40,7 +41,12 @@ type ServerConfig struct {
 	// Routes are the cluster addresses of the other servers
 	// (nats-route://host:port, or host:port). A server may list itself.
 	Routes []string
-	Logger *slog.Logger
+	// Token, or User and Password, is what clients must present, unless
+	// ConfigFile has an authorization of its own. A server listening
+	// beyond loopback must require one or the other: StartServer refuses
+	// to start one that anyone who reaches the port could use.
+	Token, User, Password string
+	Logger                *slog.Logger
 }
 
 // StartServer starts an embedded nats-server with JetStream and waits until
@@ -63,6 +69,17 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 			return nil, fmt.Errorf("embedded nats: listen address %q: %w", listen, err)
 		}
 		opts.Host, opts.Port = host, p
+	}
+	if opts.Authorization == "" && opts.Username == "" && len(opts.Users) == 0 && len(opts.Nkeys) == 0 {
+		switch {
+		case cfg.Token != "":
+			opts.Authorization = cfg.Token
+		case cfg.User != "":
+			opts.Username, opts.Password = cfg.User, cfg.Password
+		}
+	}
+	if !isLoopbackHost(opts.Host) && !requiresAuth(opts) {
+		return nil, fmt.Errorf("embedded nats: %w: listening on %q", ErrNoAuth, opts.Host)
 	}
 	opts.JetStream = true
 	if opts.StoreDir == "" {
@@ -143,6 +160,22 @@ func splitHostPort(addr string) (string, int, error) {
 		p = server.RANDOM_PORT
 	}
 	return host, p, nil
+}
+
+// isLoopbackHost reports whether a listen host is loopback only.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// requiresAuth reports whether the server authenticates every client.
+func requiresAuth(o *server.Options) bool {
+	auth := o.Authorization != "" || o.Username != "" || len(o.Users) > 0 || len(o.Nkeys) > 0 ||
+		o.AuthCallout != nil || len(o.TrustedOperators) > 0 || o.CustomClientAuthentication != nil
+	return auth && o.NoAuthUser == "" // a no_auth_user lets anyone in as that user
 }
 
 // serverLogger adapts nats-server's logger to slog.

@@ -3,6 +3,9 @@ package bus
 import "errors"
 
 var (
+	// ErrNoAuth is an embedded server listening beyond loopback without
+	// authentication: anyone reaching the port could read every thread.
+	ErrNoAuth = errors.New("NATS reachable beyond loopback requires authentication (a token, a user and password, or an authorization block in the config file)")
 	// ErrClosed is returned by calls on a closed Bus.
 	ErrClosed = errors.New("bus closed")
 	// ErrGapUnrepaired is passed to Listener.Fail when the live path lost an

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
 	"github.com/threadbus/threadbus/bus"
@@ -114,4 +115,31 @@ func admissionConfig(c *cli.Context, listen string) (sidecar.Admission, error) {
 		TrustedProxies: proxies,
 		AllowedHosts:   hosts,
 	}, nil
+}
+
+// natsAuthFlags are the credentials the embedded NATS server requires and
+// the sidecar presents (to the embedded server or to --nats-url).
+func natsAuthFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "nats-token", Usage: "token the embedded NATS server requires of clients, and the sidecar presents; required (or --nats-user, or an authorization block in --nats-config) when --nats-listen is not loopback", EnvVars: envVars("NATS_TOKEN")},
+		&cli.StringFlag{Name: "nats-user", Usage: "user the embedded NATS server requires, with --nats-password; the sidecar connects as it", EnvVars: envVars("NATS_USER")},
+		&cli.StringFlag{Name: "nats-password", Usage: "password of --nats-user", EnvVars: envVars("NATS_PASSWORD")},
+	}
+}
+
+type natsAuth struct{ token, user, password string }
+
+func natsAuthConfig(c *cli.Context) natsAuth {
+	return natsAuth{token: c.String("nats-token"), user: c.String("nats-user"), password: c.String("nats-password")}
+}
+
+// options are the sidecar's NATS connection options for these credentials.
+func (a natsAuth) options() []nats.Option {
+	switch {
+	case a.token != "":
+		return []nats.Option{nats.Token(a.token)}
+	case a.user != "":
+		return []nats.Option{nats.UserInfo(a.user, a.password)}
+	}
+	return nil
 }

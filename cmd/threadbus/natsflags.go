@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -120,13 +119,7 @@ func explain(err error) error {
 }
 
 // redactURL hides passwords and tokens of a NATS URL in messages.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	return u.Redacted()
-}
+func redactURL(s string) string { return bus.RedactURL(s) }
 
 // threadsStream returns the THREADS stream, or an error saying why there is none.
 func threadsStream(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {

@@ -53,7 +53,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "pprof-listen", Usage: "serve net/http/pprof on this address (host:port), for profiling; empty: off", EnvVars: envVars("PPROF_LISTEN")},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVars("LOG_LEVEL")},
 			&cli.BoolFlag{Name: "ui", Value: true, Usage: "serve the thread viewer page at / (--ui=false: off)", EnvVars: envVars("UI")},
-		}, slices.Concat(authFlags(), limitFlags(), storeFlags(), admissionFlags())...),
+		}, slices.Concat(authFlags(), limitFlags(), storeFlags(), admissionFlags(), natsAuthFlags())...),
 		Action: func(c *cli.Context) error {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
@@ -92,6 +92,7 @@ func serveCommand() *cli.Command {
 				replicas:    c.Int("replicas"),
 				maxBytes:    maxBytes,
 				maxMsgs:     c.Int64("store-max-msgs-per-thread"),
+				natsAuth:    natsAuthConfig(c),
 				sidecar: sidecar.Config{
 					SidecarID:      c.String("sidecar-id"),
 					ReplayGrace:    c.Duration("replay-grace"),
@@ -118,6 +119,7 @@ type serveConfig struct {
 	replayCache                                      int64 // bytes; 0: off
 	cluster                                          clusterConfig
 	maxBytes, maxMsgs                                int64 // THREADS size limits, see bus.Config
+	natsAuth                                         natsAuth
 	sidecar                                          sidecar.Config
 }
 
@@ -155,6 +157,9 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 			ClusterListen: cfg.cluster.listen,
 			ClusterName:   cfg.cluster.name,
 			Routes:        cfg.cluster.routes,
+			Token:         cfg.natsAuth.token,
+			User:          cfg.natsAuth.user,
+			Password:      cfg.natsAuth.password,
 			Logger:        log,
 		})
 		if err != nil {
@@ -182,7 +187,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	b, err := bus.Open(ctx, bus.Config{
 		URL: url, Retention: cfg.retention, Replicas: cfg.replicas, RegistryTTL: cfg.registryTTL,
 		RecentBytes: recentBytes, RecentSpan: grace, Logger: log,
-		MaxBytes: cfg.maxBytes, MaxMsgsPerSubject: cfg.maxMsgs,
+		MaxBytes: cfg.maxBytes, MaxMsgsPerSubject: cfg.maxMsgs, Options: cfg.natsAuth.options(),
 	})
 	if err != nil {
 		return err
@@ -220,7 +225,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) error {
 	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(sc.LimitListener(ln)) }()
-	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", url, "sidecar", sc.ID(), "epoch", b.Epoch(),
+	log.Info("threadbus ready", "http", ln.Addr().String(), "nats", bus.RedactURL(url), "sidecar", sc.ID(), "epoch", b.Epoch(),
 		"auth", cfg.auth.mode(), "authz", cfg.auth.authz)
 
 	var serveErr error
