@@ -42,7 +42,10 @@ func (b *binding) Deliver(ev bus.Event) {
 		return // switched away: nothing of this thread after thread_bound
 	}
 	if b.replaying {
-		if b.pendingBytes+len(ev.Frame) > c.s.cfg.SendQueueBytes && len(b.pending) > 0 {
+		// Live events waiting for the replay count with the queue against
+		// the connection's budget.
+		held := b.pendingBytes + c.sendQueue.bytes + c.sendQueue.inflight
+		if held+len(ev.Frame) > c.s.cfg.SendQueueBytes && len(b.pending) > 0 {
 			c.log.Warn("live events outran the replay, closing", "thread", b.tid, "pending", len(b.pending))
 			c.s.metrics.EventsDropped.WithLabelValues(metrics.ReasonSlowConsumer).Add(float64(len(b.pending) + 1))
 			b.pending, b.pendingBytes = nil, 0

@@ -13,13 +13,16 @@ import (
 
 // sendQueue is a connection's bounded queue of outgoing frames, guarded by
 // conn.mu. A writer goroutine runs only while frames are queued, so an idle
-// connection costs no goroutine but its reader.
+// connection costs no goroutine but its reader. What it holds in all, the
+// queued frames and the batch being written (in the cork's buffer), stays
+// within SendQueueBytes, plus one frame larger than that.
 type sendQueue struct {
-	c       *conn
-	frames  []outFrame
-	bytes   int
-	writing bool      // a writer goroutine is running
-	space   sync.Cond // signalled when the writer takes frames, or on close
+	c        *conn
+	frames   []outFrame
+	bytes    int
+	inflight int       // bytes of the batch the writer is writing
+	writing  bool      // a writer goroutine is running
+	space    sync.Cond // signalled when the writer takes frames, or on close
 
 	closeCode   websocket.StatusCode // set once by closeWith; the writer sends it
 	closeReason string
@@ -61,8 +64,8 @@ func (c *conn) enqueueLocked(f outFrame) {
 	if c.dead || q.closeCode != 0 {
 		return
 	}
-	if q.bytes+len(f.data) > c.s.cfg.SendQueueBytes && q.bytes > 0 {
-		c.log.Warn("send queue overflow, closing", "queued_bytes", q.bytes, "limit", c.s.cfg.SendQueueBytes)
+	if held := q.bytes + q.inflight; held+len(f.data) > c.s.cfg.SendQueueBytes && held > 0 {
+		c.warnSampled("send queue overflow, closing", "queued_bytes", q.bytes, "writing_bytes", q.inflight, "limit", c.s.cfg.SendQueueBytes)
 		if f.path != notEvent {
 			c.s.metrics.EventsDropped.WithLabelValues(metrics.ReasonSlowConsumer).Inc()
 		}
@@ -79,7 +82,7 @@ func (c *conn) enqueueLocked(f outFrame) {
 // false when the connection is closing.
 func (c *conn) waitSpaceLocked() bool {
 	q := &c.sendQueue
-	for q.bytes > c.s.cfg.SendQueueBytes/2 && !c.dead && q.closeCode == 0 {
+	for q.bytes+q.inflight > c.s.cfg.SendQueueBytes/2 && !c.dead && q.closeCode == 0 {
 		q.space.Wait()
 	}
 	return !c.dead && q.closeCode == 0
@@ -141,7 +144,7 @@ func (q *sendQueue) events() int {
 
 func (q *sendQueue) drop() {
 	clear(q.frames)
-	q.frames, q.bytes = nil, 0
+	q.frames, q.bytes, q.inflight = nil, 0, 0
 }
 
 // writeLoop writes queued frames until the queue is empty, then exits; it
@@ -151,10 +154,11 @@ func (c *conn) writeLoop() {
 	for {
 		c.mu.Lock()
 		batch := q.frames
-		q.frames, q.bytes = nil, 0
+		q.frames, q.bytes, q.inflight = nil, 0, q.bytes
 		code, reason := q.closeCode, q.closeReason
 		if len(batch) == 0 && code == 0 {
 			q.writing = false
+			q.space.Broadcast() // waiters may wait on the batch just written
 			c.mu.Unlock()
 			return
 		}
@@ -173,6 +177,7 @@ func (c *conn) writeLoop() {
 			if err = c.ws.Write(context.Background(), websocket.MessageText, f.data); err != nil {
 				break
 			}
+			batch[i].data = nil // in the cork now: hold it once
 			n++
 		}
 		if uerr := c.cork.uncork(c.s.cfg.WriteTimeout); err == nil {
