@@ -54,7 +54,8 @@ type client struct {
 type dialOptions struct {
 	Query        string
 	Subprotocols []string
-	// Header is sent with the handshake (e.g. Authorization).
+	// Header is sent with the handshake (e.g. Authorization); a "Host"
+	// one replaces the Host.
 	Header http.Header
 	// HTTPClient dials the connection; by default, a client whose transport
 	// belongs to this connection alone.
@@ -86,6 +87,7 @@ func tryDial(t testing.TB, s *sidecar, name string, opts dialOptions) (*client, 
 		HTTPClient:   hc,
 		Subprotocols: opts.Subprotocols,
 		HTTPHeader:   opts.Header,
+		Host:         opts.Header.Get("Host"),
 	})
 	if tr, ok := hc.Transport.(*http.Transport); ok {
 		// The upgraded connection is hijacked, not pooled: closing idle

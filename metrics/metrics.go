@@ -27,6 +27,7 @@ const (
 	RefusedInvalidUTF8 = "invalid_utf8" // closed with 1007
 	RefusedMaxConns    = "max_conns"    // HTTP 503: --max-connections
 	RefusedMaxConnsIP  = "max_conns_ip" // HTTP 503: --max-conns-per-ip
+	RefusedConnRateIP  = "conn_rate_ip" // HTTP 503: --conn-rate-per-ip
 	RefusedHost        = "host"         // HTTP 403: Host not in --allowed-host
 	RefusedSockets     = "sockets"      // socket closed at accept: over --max-connections plus headroom
 	RefusedPongTimeout = "pong_timeout" // closed: no pong within the deadline
@@ -173,7 +174,7 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 		m.AuthzDecisions.WithLabelValues(r)
 	}
 	for _, r := range []string{RefusedFrameRate, RefusedByteRate, RefusedBindRate, RefusedNewThreads, RefusedRateClose,
-		RefusedInvalidUTF8, RefusedMaxConns, RefusedMaxConnsIP, RefusedHost, RefusedSockets, RefusedPongTimeout} {
+		RefusedInvalidUTF8, RefusedMaxConns, RefusedMaxConnsIP, RefusedConnRateIP, RefusedHost, RefusedSockets, RefusedPongTimeout} {
 		m.Refused.WithLabelValues(r)
 	}
 	return m

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/threadbus/threadbus/metrics"
 )
@@ -22,6 +25,11 @@ const (
 	// legacy frontend) or an office behind one NAT opens, and below what
 	// one client can hold the sidecar with.
 	DefaultMaxConnsPerIP = 1000
+	// DefaultConnRatePerIP and DefaultConnBurstPerIP bound how fast one
+	// address opens connections: a client reconnecting in a loop would
+	// otherwise get a fresh frame burst each time.
+	DefaultConnRatePerIP  = 5
+	DefaultConnBurstPerIP = 50
 	// HTTPHeadroom is how many sockets beyond MaxConnections the listener
 	// returned by Server.LimitListener accepts: plain HTTP requests and
 	// handshakes being refused.
@@ -39,7 +47,13 @@ type Admission struct {
 	// default, DefaultMaxConnsPerIP (1000); negative: no limit.
 	// Addresses in Exempt are not counted.
 	MaxConnsPerIP int
-	// Exempt are client addresses MaxConnsPerIP does not apply to. By
+	// ConnRatePerIP is how many connections per second one address may
+	// open, and ConnBurstPerIP how many at once. By default, 5/s and 50;
+	// negative: no limit. Addresses in Exempt are not counted.
+	ConnRatePerIP  float64
+	ConnBurstPerIP int
+	// Exempt are client addresses MaxConnsPerIP and ConnRatePerIP do not
+	// apply to. An IPv6 client counts by its /64. By
 	// default (nil), DefaultExempt: loopback and private addresses, where
 	// reverse proxies (whose clients all share its address) and the
 	// benchmarks connect from. An empty non-nil slice exempts nothing.
@@ -62,6 +76,12 @@ func (a Admission) withDefaults() Admission {
 	}
 	if a.MaxConnsPerIP == 0 {
 		a.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if a.ConnRatePerIP == 0 {
+		a.ConnRatePerIP = DefaultConnRatePerIP
+	}
+	if a.ConnBurstPerIP == 0 {
+		a.ConnBurstPerIP = DefaultConnBurstPerIP
 	}
 	if a.Exempt == nil {
 		a.Exempt = DefaultExempt()
@@ -92,10 +112,47 @@ type admission struct {
 	open  atomic.Int64
 	mu    sync.Mutex
 	perIP map[netip.Addr]int
+	rates map[netip.Addr]*rate.Limiter // handshakes per address, see sweep
 }
 
 func newAdmission(cfg Admission) *admission {
-	return &admission{cfg: cfg, perIP: make(map[netip.Addr]int)}
+	return &admission{cfg: cfg, perIP: make(map[netip.Addr]int), rates: make(map[netip.Addr]*rate.Limiter)}
+}
+
+// allowHandshake takes a handshake from ip's rate. Called with a.mu held.
+func (a *admission) allowHandshakeLocked(ip netip.Addr) bool {
+	if a.cfg.ConnRatePerIP < 0 {
+		return true
+	}
+	l := a.rates[ip]
+	if l == nil {
+		l = limiter(a.cfg.ConnRatePerIP, a.cfg.ConnBurstPerIP)
+		a.rates[ip] = l
+	}
+	return l.Allow()
+}
+
+// sweep forgets the handshake rates of addresses that have earned back
+// their whole burst: they would start afresh anyway. The ping loop calls
+// it every tick, which bounds the map by the addresses that connected in
+// the last burst/rate seconds.
+func (a *admission) sweep(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for ip, l := range a.rates {
+		if l.TokensAt(now) >= float64(l.Burst()) {
+			delete(a.rates, ip)
+		}
+	}
+}
+
+// clientKey is what per-address limits count by: the address, or the /64
+// of an IPv6 address (one subscriber's usual allocation).
+func clientKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
+	return ip
 }
 
 // admit decides on a handshake. When it returns a release function the
@@ -113,13 +170,21 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) (release func(), 
 		s.refuseBusy(w, metrics.RefusedMaxConns, "too many connections")
 		return nil, false
 	}
-	ip, counted := a.clientAddr(r), false
-	if a.cfg.MaxConnsPerIP > 0 && ip.IsValid() && !inAny(a.cfg.Exempt, ip) {
+	addr, counted := a.clientAddr(r), false
+	ip := clientKey(addr)
+	if ip.IsValid() && !inAny(a.cfg.Exempt, addr) {
 		a.mu.Lock()
-		if a.perIP[ip] >= a.cfg.MaxConnsPerIP {
+		reason, msg := "", ""
+		switch {
+		case a.cfg.MaxConnsPerIP > 0 && a.perIP[ip] >= a.cfg.MaxConnsPerIP:
+			reason, msg = metrics.RefusedMaxConnsIP, "too many connections from "+addr.String()
+		case !a.allowHandshakeLocked(ip):
+			reason, msg = metrics.RefusedConnRateIP, "connecting too fast from "+addr.String()
+		}
+		if reason != "" {
 			a.mu.Unlock()
 			a.open.Add(-1)
-			s.refuseBusy(w, metrics.RefusedMaxConnsIP, "too many connections from "+ip.String())
+			s.refuseBusy(w, reason, msg)
 			return nil, false
 		}
 		a.perIP[ip]++

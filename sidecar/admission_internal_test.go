@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -57,5 +58,25 @@ func TestLimitListener(t *testing.T) {
 	}
 	if n := ln.open.Load(); n != 2 {
 		t.Fatalf("open = %d, want 2", n)
+	}
+}
+
+func TestAdmissionSweep(t *testing.T) {
+	a := newAdmission(Admission{ConnRatePerIP: 1, ConnBurstPerIP: 2}.withDefaults())
+	ip := netip.MustParseAddr("203.0.113.1")
+	a.mu.Lock()
+	a.allowHandshakeLocked(ip)
+	a.mu.Unlock()
+	now := time.Now()
+	a.sweep(now)
+	if len(a.rates) != 1 {
+		t.Fatalf("swept an address with its burst not back: %d left", len(a.rates))
+	}
+	a.sweep(now.Add(2 * time.Second))
+	if len(a.rates) != 0 {
+		t.Fatalf("kept an address with its whole burst back: %d left", len(a.rates))
+	}
+	if k := clientKey(netip.MustParseAddr("2001:db8:1:2:3:4:5:6")); k != netip.MustParseAddr("2001:db8:1:2::") {
+		t.Fatalf("clientKey of an IPv6 address = %v, want its /64", k)
 	}
 }

@@ -121,3 +121,17 @@ func TestAllowedHosts(t *testing.T) {
 		}
 	}
 }
+
+func TestConnRatePerIP(t *testing.T) {
+	e := newEnv(t, sidecar.Config{Admission: sidecar.Admission{
+		MaxConnsPerIP: -1, ConnRatePerIP: 0.001, ConnBurstPerIP: 2, Exempt: []netip.Prefix{},
+	}})
+	e.tryDial(nil)
+	e.tryDial(nil)
+	if _, status := e.tryDial(nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("third connection within the burst of 2: status %d, want 503", status)
+	}
+	if got := e.metric(refused("conn_rate_ip")); got != 1 {
+		t.Fatalf("refused conn_rate_ip = %v, want 1", got)
+	}
+}

@@ -18,7 +18,7 @@ import (
 // every limit; see README "Limits".
 const (
 	DefaultFrameRate           = 20            // frames per second
-	DefaultFrameBurst          = 100           // frames at once
+	DefaultFrameBurst          = 30            // frames at once
 	DefaultByteRate            = 256 << 10     // bytes per second
 	DefaultBindRate            = 1             // binds per second
 	DefaultBindBurst           = 10            // binds at once
@@ -38,7 +38,7 @@ const (
 type Limits struct {
 	// FrameRate is how many frames a connection may send per second,
 	// sustained, and FrameBurst how many at once. Pings count. By default,
-	// 20/s and 100.
+	// 20/s and 30.
 	FrameRate  float64
 	FrameBurst int
 	// ByteRate is how many bytes of frames a connection may send per

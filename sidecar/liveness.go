@@ -27,7 +27,7 @@ const (
 func (s *Server) pingLoop() {
 	interval := s.cfg.Limits.PingInterval
 	if interval < 0 {
-		return
+		interval = pingTick // no pings, but the tick still sweeps admission's rates
 	}
 	shards := max(1, int(interval/pingTick))
 	t := time.NewTicker(interval / time.Duration(shards))
@@ -36,7 +36,11 @@ func (s *Server) pingLoop() {
 		select {
 		case <-s.stopped:
 			return
-		case <-t.C:
+		case now := <-t.C:
+			s.admission.sweep(now)
+		}
+		if s.cfg.Limits.PingInterval < 0 {
+			continue
 		}
 		for _, c := range s.shard(k, shards) {
 			c.ping(interval)

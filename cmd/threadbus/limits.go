@@ -84,6 +84,8 @@ func admissionFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.IntFlag{Name: "max-connections", Value: sidecar.DefaultMaxConnections, Usage: "WebSocket connections open at once; beyond: HTTP 503 before upgrading (-1: no limit)", EnvVars: envVars("MAX_CONNECTIONS")},
 		&cli.IntFlag{Name: "max-conns-per-ip", Value: sidecar.DefaultMaxConnsPerIP, Usage: "connections of one client address, except --conns-per-ip-exempt; beyond: HTTP 503 (-1: no limit)", EnvVars: envVars("MAX_CONNS_PER_IP")},
+		&cli.Float64Flag{Name: "conn-rate-per-ip", Value: sidecar.DefaultConnRatePerIP, Usage: "connections per second one client address may open, except --conns-per-ip-exempt; beyond: HTTP 503 (-1: no limit)", EnvVars: envVars("CONN_RATE_PER_IP")},
+		&cli.IntFlag{Name: "conn-burst-per-ip", Value: sidecar.DefaultConnBurstPerIP, Usage: "connections one client address may open at once", EnvVars: envVars("CONN_BURST_PER_IP")},
 		&cli.StringSliceFlag{Name: "conns-per-ip-exempt", Value: cli.NewStringSlice("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"), Usage: "client addresses (CIDR) --max-conns-per-ip does not count: where proxies and benchmarks connect from", EnvVars: envVars("CONNS_PER_IP_EXEMPT")},
 		&cli.StringSliceFlag{Name: "trusted-proxies", Usage: "peers (CIDR or address) whose X-Forwarded-For names the client address (repeatable)", EnvVars: envVars("TRUSTED_PROXIES")},
 		&cli.StringSliceFlag{Name: "allowed-host", Usage: "Host header names a handshake may use, *.domain for subdomains (repeatable; default: loopback names when --listen is loopback, else any)", EnvVars: envVars("ALLOWED_HOST")},
@@ -111,6 +113,8 @@ func admissionConfig(c *cli.Context, listen string) (sidecar.Admission, error) {
 	return sidecar.Admission{
 		MaxConnections: c.Int("max-connections"),
 		MaxConnsPerIP:  c.Int("max-conns-per-ip"),
+		ConnRatePerIP:  c.Float64("conn-rate-per-ip"),
+		ConnBurstPerIP: c.Int("conn-burst-per-ip"),
 		Exempt:         exempt,
 		TrustedProxies: proxies,
 		AllowedHosts:   hosts,
