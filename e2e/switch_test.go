@@ -25,9 +25,9 @@ func TestRapidSwitching(t *testing.T) {
 	grace := 30 * time.Second // the default
 	threads := []string{"thread_c0", "thread_c1", "thread_c2"}
 	r := newRand(t)
-	// 100 switches in about half a second: far over the default bind rate
-	// (hostile_test.go covers that limit).
-	sc := startSidecar(t, sidecarConfig{Args: []string{"--bind-rate=-1"}})
+	// 100 switches in about half a second: far over the default frame and
+	// bind rates (hostile_test.go covers those limits).
+	sc := startSidecar(t, sidecarConfig{Args: []string{"--bind-rate=-1", "--frame-rate=-1"}})
 	ag := newAgent(t, sc.NATSURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
