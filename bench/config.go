@@ -106,6 +106,12 @@ type LatencyConfig struct {
 	// Conns is how many WebSocket connections receive the thread's events.
 	// By default, 1.
 	Conns int
+	// Flood is how many other connections flood the sidecar with client
+	// frames while it is measured, reconnecting when closed. By default,
+	// none. Started sidecars turn the frame rate limits off for the
+	// inbound scenario: pass --sidecar-arg=--frame-rate=20 (and
+	// --inbound-bytes-rate) to measure under the defaults.
+	Flood int
 }
 
 // FanOutConfig configures the fan-out scenario.

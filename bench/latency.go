@@ -99,6 +99,7 @@ func latency(ctx context.Context, e *env, t *target, res *Result) error {
 	stop := e.prog.start("latency", func() string {
 		return fmt.Sprintf("%d/%d receipts", got.count(), got.final)
 	})
+	fl := startFlood(ctx, e, t, cfg.Flood)
 	m := t.meter(ctx)
 	interval := time.Second / time.Duration(cfg.Rate)
 	start := time.Now()
@@ -127,6 +128,11 @@ func latency(ctx context.Context, e *env, t *target, res *Result) error {
 	waitErr := waitFor(ctx, e.cfg.WaitTimeout, got, got.final)
 	use := m.stop(ctx)
 	stop()
+	fl.stop()
+	if cfg.Flood > 0 {
+		res.note("flood: %d connections sent %d frames beside the measured one; the sidecar closed %d of them",
+			fl.conns.Load(), fl.sent.Load(), fl.shut.Load())
+	}
 
 	// Every receiver has stopped before its row is read.
 	conns.close()

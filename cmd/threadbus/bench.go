@@ -95,6 +95,7 @@ func latencyFlags(p string) []cli.Flag {
 		&cli.DurationFlag{Name: p + "duration", Value: bench.DefaultLatencyDuration, Usage: "latency: how long to measure", EnvVars: flagEnv(bench.Latency, "duration")},
 		&cli.DurationFlag{Name: p + "warmup", Value: bench.DefaultLatencyWarmup, Usage: "latency: how long to publish before measuring", EnvVars: flagEnv(bench.Latency, "warmup")},
 		&cli.IntFlag{Name: p + "conns", Value: 1, Usage: "latency: WebSocket connections bound to the thread", EnvVars: flagEnv(bench.Latency, "conns")},
+		&cli.IntFlag{Name: p + "flood", Usage: "latency: connections flooding the sidecar with client frames meanwhile (reconnecting when closed)", EnvVars: flagEnv(bench.Latency, "flood")},
 	}
 }
 
@@ -148,7 +149,7 @@ func benchConfig(c *cli.Context, scenarios []bench.Scenario, prefix func(bench.S
 		p := prefix(s)
 		switch s {
 		case bench.Latency:
-			cfg.Latency = bench.LatencyConfig{Rate: c.Int(p + "rate"), Duration: c.Duration(p + "duration"), Warmup: c.Duration(p + "warmup"), Conns: c.Int(p + "conns")}
+			cfg.Latency = bench.LatencyConfig{Rate: c.Int(p + "rate"), Duration: c.Duration(p + "duration"), Warmup: c.Duration(p + "warmup"), Conns: c.Int(p + "conns"), Flood: c.Int(p + "flood")}
 		case bench.FanOut:
 			cfg.FanOut = bench.FanOutConfig{Conns: c.Int(p + "conns"), Events: c.Int(p + "events"), Window: c.Int(p + "window")}
 		case bench.Storm:
