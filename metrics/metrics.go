@@ -150,7 +150,6 @@ func New(reg prometheus.Registerer, bus BusStats) *Metrics {
 		m.ConnectionsOpen, m.Binds, m.Switches, m.BindErrors, m.FramesIn,
 		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.AuthRefused, m.AuthzDecisions,
 		m.BindDuration, m.DeliveryLatency,
-		m.EventsDelivered, m.EventsDropped, m.PublishErrors, m.BindDuration, m.DeliveryLatency,
 		m.Refused, m.LogsSuppressed,
 		busCounter("live_gaps_repaired_total", "Gaps on the live path (lost republished events) filled from the stream.", bus.GapsRepaired),
 		busCounter("replay_scan_passes_total", "Passes of shared stream scans that served replays while many binds ran at once.", bus.ScanPasses),
