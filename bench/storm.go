@@ -43,6 +43,7 @@ type stormPhase struct {
 	base, idle, bound    usage     // settled before connecting, connected, bound
 	mBase, mIdle, mBound metricSet // the sidecar's metrics at the same points; nil if unavailable
 	cpu                  cpuUse    // during the storm
+	idleCPU              cpuUse    // while the bound connections idle (the sidecar's pings)
 }
 
 func (p stormPhase) perConnRSS(u usage, conns int) float64 {
@@ -60,9 +61,11 @@ func (p *stormPhase) wrapUp(ctx context.Context, e *env, t *target, m *meter, st
 	} else {
 		p.storm = time.Since(base) - start
 	}
+	im := t.meter(ctx)
 	if err := idle(ctx, e, what); err != nil {
 		return err
 	}
+	p.idleCPU = im.stop(ctx)
 	var err error
 	p.bound, p.mBound, err = settled(ctx, t)
 	return err
@@ -172,6 +175,9 @@ func runStorm(ctx context.Context, e *env, conns int) ([]Result, error) {
 
 	res.note("threadbus: %d/%d connections complete, %d events lost, %d out of order, %d thread_bound with another count, %d error frames; storm CPU %s",
 		tb.complete, conns, tb.lost, tb.odd, tb.short, tb.errors, tb.cpu)
+	if e.cfg.Storm.Idle > 0 {
+		res.note("threadbus: CPU while the bound connections idled (liveness pings), %s", tb.idleCPU)
+	}
 	if tb.firstErr != "" {
 		res.note("threadbus: first error frame: %s", tb.firstErr)
 	}
