@@ -278,7 +278,9 @@ func TestAuthzFailsClosed(t *testing.T) {
 // and unbinds the connections.
 func TestAuthzCacheAndRevoke(t *testing.T) {
 	t.Parallel()
-	s := startAuthSidecar(t, "--authz", "nats")
+	// The test switches in a loop until a cache entry expires: over the
+	// default frame and bind rates.
+	s := startAuthSidecar(t, "--authz", "nats", "--bind-rate=-1", "--frame-rate=-1")
 	a := newAgent(t, s.NATSURL)
 	hook := startAuthzResponder(t, a.nc, func(req authzRequest) any {
 		ttl := 60
