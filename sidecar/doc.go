@@ -29,6 +29,18 @@
 // trusted. threadbus.authz.revoke and conn.<cid>.close reach connections
 // through the bus, like conn.<cid>.bind.
 //
+// # Limits
+//
+// Admission (admission.go) decides on a handshake before the upgrade:
+// connection caps, in all and per client address, and allowed Host names;
+// a refusal is an HTTP status. Per-connection limits (limits.go) are
+// golang.org/x/time/rate limiters the reader consults for each frame and
+// the bind path for each bind a client causes; they are made at first use,
+// so an idle connection holds a nil pointer. Liveness (liveness.go) is one
+// goroutine that pings a shard of the connections each second; a ping
+// holds a goroutine only until its pong. Every refusal is counted in
+// threadbus_refused_total by reason.
+//
 // # Lifecycle
 //
 // New returns a Server whose Handler serves /ws, /healthz, /readyz and /metrics.

@@ -163,6 +163,9 @@ func (c *conn) admitFrame(n int) bool {
 	default:
 		return true
 	}
+	if c.closing() {
+		return false // closed for it already: drop what arrives until the close completes, cheaply
+	}
 	onFreshStack(func() {
 		if c.rateLimited(reason) {
 			c.sendError(frame.CodeRateLimited, "frame not published: "+what+"; slow down and send it again")
