@@ -121,6 +121,11 @@ const (
 	reasonInvalidUTF8 = "invalid UTF-8"
 )
 
+// closeGrace is how long a close for a broken limit waits for the client's
+// close frame before the connection is cut: coder/websocket waits 5 s,
+// reading and discarding whatever a flooding client keeps sending.
+var closeGrace = map[string]time.Duration{reasonRateLimit: time.Second, reasonInvalidUTF8: time.Second}
+
 // connLimits are one connection's limiters, made at its first frame or
 // client-caused bind so that an idle connection does not pay for them.
 // They are used by the reader and, under bindMu, by binds the client
@@ -152,6 +157,9 @@ func (c *conn) limits() *connLimits {
 // over them is answered with rate_limited (or the connection closed) and
 // must be dropped. It runs on the reader.
 func (c *conn) admitFrame(n int) bool {
+	if c.closing() {
+		return false // closing: what arrives until the close completes is dropped
+	}
 	l := c.limits()
 	now := time.Now()
 	reason, what := "", ""
@@ -162,9 +170,6 @@ func (c *conn) admitFrame(n int) bool {
 		reason, what = metrics.RefusedByteRate, fmt.Sprintf("more than %g bytes per second", l.bytes.Limit())
 	default:
 		return true
-	}
-	if c.closing() {
-		return false // closed for it already: drop what arrives until the close completes, cheaply
 	}
 	onFreshStack(func() {
 		if c.rateLimited(reason) {

@@ -193,6 +193,12 @@ func (c *conn) writeLoop() {
 			c.s.observeWrite(f)
 		}
 		if code != 0 {
+			if grace, ok := closeGrace[reason]; ok {
+				// The client broke a limit: it has a moment to read the
+				// close, not the handshake's 5 s to keep sending.
+				t := time.AfterFunc(grace, func() { c.ws.CloseNow() })
+				defer t.Stop()
+			}
 			err := c.ws.Close(code, reason)
 			c.log.Info("closed by sidecar", "status", int(code), "reason", reason, "err", err)
 			c.finishWriter()
