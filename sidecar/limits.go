@@ -17,16 +17,17 @@ import (
 // second, a few thread switches a minute, frames up to 8 KiB) far from
 // every limit; see README "Limits".
 const (
-	DefaultFrameRate           = 20            // frames per second
-	DefaultFrameBurst          = 30            // frames at once
-	DefaultByteRate            = 256 << 10     // bytes per second
-	DefaultBindRate            = 1             // binds per second
-	DefaultBindBurst           = 10            // binds at once
-	DefaultNewThreadsPerMinute = 20            // threads not bound lately
-	DefaultRateLimitTolerance  = 30            // refusals before 1008
-	DefaultLogRate             = 10            // client-caused log lines per second, sidecar-wide
-	byteBurstSeconds           = 4             // the byte burst is this many seconds' worth
-	recentThreads              = 4             // threads a connection may return to freely
+	DefaultFrameRate           = 20        // frames per second
+	DefaultFrameBurst          = 30        // frames at once
+	DefaultByteRate            = 256 << 10 // bytes per second
+	DefaultBindRate            = 1         // binds per second
+	DefaultBindBurst           = 10        // binds at once
+	DefaultNewThreadsPerMinute = 20        // threads not bound lately
+	DefaultRateLimitTolerance  = 30        // refusals before 1008
+	DefaultLogRate             = 10        // client-caused log lines per second, sidecar-wide
+	byteBurstSeconds           = 4         // the byte burst is this many seconds' worth
+	recentThreads              = 4         // threads a connection may return to freely
+	closingReadPause           = 10 * time.Millisecond
 	refusalForgiveness         = rate.Limit(1) // refusals forgiven per second
 )
 
@@ -158,7 +159,10 @@ func (c *conn) limits() *connLimits {
 // must be dropped. It runs on the reader.
 func (c *conn) admitFrame(n int) bool {
 	if c.closing() {
-		return false // closing: what arrives until the close completes is dropped
+		// What arrives until the close completes is dropped, read slowly:
+		// a flooder's frames back up in its own socket, not in our CPU.
+		time.Sleep(closingReadPause)
+		return false
 	}
 	l := c.limits()
 	now := time.Now()
@@ -176,6 +180,12 @@ func (c *conn) admitFrame(n int) bool {
 			c.sendError(frame.CodeRateLimited, "frame not published: "+what+"; slow down and send it again")
 		}
 	})
+	// Read the next frame no sooner than the rate allows one: a client over
+	// its limit is slowed by TCP instead of spinning this reader, whose
+	// CPU the embedded NATS server and other connections need.
+	if d := time.Duration(float64(time.Second) / float64(l.frames.Limit())); d > 0 {
+		time.Sleep(min(d, 100*time.Millisecond))
+	}
 	return false
 }
 
