@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -322,22 +321,6 @@ func expectRefused(t *testing.T, c *client, code string, status websocket.Status
 	if n > 0 {
 		t.Logf("%s: %d %s error frames read before the close", c.name, n, code)
 	}
-}
-
-func metricValue(t *testing.T, sc *sidecar, series string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + sc.HTTPAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(body)
-	if m == nil {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
 }
 
 func expectMetricAtLeast(t *testing.T, sc *sidecar, series string, min float64) {
