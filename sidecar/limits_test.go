@@ -258,7 +258,9 @@ func TestResumePastThreadLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	b, err := bus.Open(context.Background(), bus.Config{URL: ns.ClientURL(), MaxMsgsPerSubject: 3})
+	// Replay from the stream: the in-memory replay window (RecentBytes)
+	// still holds events the per-thread limit removed, and replays them.
+	b, err := bus.Open(context.Background(), bus.Config{URL: ns.ClientURL(), MaxMsgsPerSubject: 3, RecentBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
