@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/threadbus/threadbus/subjects"
 )
@@ -61,19 +62,31 @@ func (b *Bus) ThreadTrimmed(ctx context.Context, tid string, since uint64) (bool
 	if err != nil {
 		return false, err
 	}
-	info, err := b.stream.Info(ctx, jetstream.WithSubjectFilter(subj))
-	if err != nil {
-		return false, fmt.Errorf("stream %s info for %s: %w", subjects.Stream, subj, err)
-	}
-	if info.State.Subjects[subj] < uint64(limit) {
-		return false, nil
-	}
-	first, err := b.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil // removed since the info: nothing left to miss
-	}
+	// One direct get of the thread's first message tells both its sequence
+	// and, in Nats-Num-Pending, how many follow it. A STREAM.INFO with a
+	// subject filter per bind went through the JetStream API and cost a
+	// 10,000-connection storm about a second.
+	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
+	defer cancel()
+	msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, 1, jetstreamext.GetBatchSubject(subj), jetstreamext.GetBatchSeq(1))
 	if err != nil {
 		return false, fmt.Errorf("first message of %s: %w", subj, err)
 	}
-	return first.Sequence > since+1, nil
+	for m, err := range msgs {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			return false, nil // nothing stored: nothing left to miss
+		}
+		if err != nil {
+			return false, fmt.Errorf("first message of %s: %w", subj, err)
+		}
+		first, _ := streamSeqTime(m)
+		if 1+numPending(m) < uint64(limit) {
+			return false, nil
+		}
+		return first > since+1, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("first message of %s: %w", subj, err)
+	}
+	return false, fmt.Errorf("first message of %s: no reply from stream %s", subj, subjects.Stream)
 }

@@ -66,4 +66,14 @@ func TestThreadTrimmed(t *testing.T) {
 	if got, err := b.ThreadTrimmed(testCtx(t), "t3", 0); err != nil || got {
 		t.Errorf("ThreadTrimmed of an empty thread = %v, %v", got, err)
 	}
+	// Under its limit a thread lost nothing, although its first event comes
+	// long after since.
+	for range 2 {
+		if _, err := b.PublishEvent(testCtx(t), "t4", []byte(`{"type":"z"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := b.ThreadTrimmed(testCtx(t), "t4", 0); err != nil || got {
+		t.Errorf("ThreadTrimmed of a thread under its limit = %v, %v; want false", got, err)
+	}
 }
