@@ -58,11 +58,11 @@ export class ClientError extends Error {
 export const closePolicy = Object.freeze({
   1006: 'retry', // abnormal closure: network, refused, stale, failed handshake
   1008: 'retry', // slow consumer, rate limit
-  // 1009: the server refused a frame this client sent as too big. The frame is
-  // not sent again (send never retries), the connection is: the thread view
-  // has nothing to do with the oversized frame. An `error` event with code
-  // frame_too_big tells the app.
-  1009: 'retry',
+  // 1009: the server refused a frame this client sent as too big. The
+  // contract's table makes it terminal: an app that sends such frames has a
+  // bug a reconnect would only repeat. An `error` event with code
+  // frame_too_big tells the app, which may connect again (bindThread).
+  1009: 'terminal',
   1011: 'retry', // internal error
   1012: 'retry', // service restart
   1013: 'retry', // try again later
