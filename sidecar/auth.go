@@ -63,7 +63,13 @@ func (s *Server) authenticate(r *http.Request) (auth.Identity, *refusal) {
 // frame and a close status, and counts it.
 func (s *Server) refuse(ws *websocket.Conn, r *http.Request, why *refusal) {
 	s.metrics.AuthRefused.WithLabelValues(why.code).Inc()
-	s.log.Info("connection refused", "remote", r.RemoteAddr, "code", why.code, "status", int(why.status), "reason", why.msg)
+	// Within the budget of client-caused lines: bad tokens in a loop must
+	// not steer the log volume.
+	if s.clientLogs.Allow() {
+		s.log.Info("connection refused", "remote", r.RemoteAddr, "code", why.code, "status", int(why.status), "reason", why.msg)
+	} else {
+		s.metrics.LogsSuppressed.Inc()
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	if err := ws.Write(ctx, websocket.MessageText, frame.Error(why.code, why.msg)); err != nil {
@@ -150,7 +156,7 @@ func (c *conn) authorize(ctx context.Context, tid, via string) error {
 	switch {
 	case err != nil:
 		c.s.metrics.AuthzDecisions.WithLabelValues(metrics.AuthzUnavailable).Inc()
-		c.log.Warn("authorization unavailable, bind denied", "thread", tid, "via", via, "err", err)
+		c.warnSampled("authorization unavailable, bind denied", "thread", tid, "via", via, "err", err)
 		if !errors.Is(err, auth.ErrUnavailable) {
 			err = fmt.Errorf("%w: %v", auth.ErrUnavailable, err)
 		}
@@ -161,7 +167,7 @@ func (c *conn) authorize(ctx context.Context, tid, via string) error {
 		if code == "" {
 			code = auth.CodeThreadForbidden
 		}
-		c.log.Info("bind denied", "thread", tid, "via", via, "code", code)
+		c.log.log(c.bindLogLevel(), "bind denied", []any{"thread", tid, "via", via, "code", code})
 		return &errForbidden{tid: tid, code: code, msg: d.Message}
 	}
 	c.s.metrics.AuthzDecisions.WithLabelValues(metrics.AuthzAllow).Inc()
