@@ -318,6 +318,23 @@ func TestAuthzCacheAndRevoke(t *testing.T) {
 
 	// Revoke alice-1 for alice: the three connections bound to it are
 	// unbound, the one on alice-short is not.
+	// Revocations that are not JSON objects revoke nothing (json.Unmarshal
+	// would read null as {}: everything).
+	for _, bad := range []string{`null`, `[]`, `{"user":7}`} {
+		if err := a.nc.Publish("threadbus.authz.revoke", []byte(bad)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := waitUntil(ctx, func() bool {
+		return len(s.logs.grep("bad revoke message"))+len(s.logs.grep("authorization revoked")) >= 3
+	}); err != nil {
+		t.Fatalf("the sidecar did not take the 3 revoke messages: %v", err)
+	}
+	for _, c := range cs {
+		c.expectQuiet()
+	}
 	calls := hook.calls.Load()
 	if err := a.nc.Publish("threadbus.authz.revoke", []byte(`{"user":"alice","thread_id":"alice-1"}`)); err != nil {
 		t.Fatal(err)

@@ -29,6 +29,10 @@ const (
 // codeClosedByBackend is the error frame's code before a conn.<cid>.close.
 const codeClosedByBackend = "closed_by_backend"
 
+// msgTokenExpired explains 4001, at the handshake and when an open
+// connection's token expires.
+const msgTokenExpired = "token expired: get a fresh token and reconnect with since"
+
 // refusal is why a handshake is answered with an error frame and a close.
 type refusal struct {
 	status websocket.StatusCode
@@ -54,7 +58,7 @@ func (s *Server) authenticate(r *http.Request) (auth.Identity, *refusal) {
 		}
 	}
 	if errors.Is(err, auth.ErrTokenExpired) {
-		return auth.Identity{}, &refusal{StatusTokenExpired, auth.CodeTokenExpired, "token expired: get a fresh token and reconnect with since"}
+		return auth.Identity{}, &refusal{StatusTokenExpired, auth.CodeTokenExpired, msgTokenExpired}
 	}
 	return auth.Identity{}, &refusal{StatusUnauthorized, auth.CodeUnauthorized, "unauthorized: " + err.Error()}
 }
@@ -79,8 +83,9 @@ func (s *Server) refuse(ws *websocket.Conn, r *http.Request, why *refusal) {
 	_ = ws.Close(why.status, why.code) // waits a bounded time for the client's close
 }
 
-// admitUser counts a connection of user against MaxConnsPerUser. Called
-// with s.mu held; release with releaseUser.
+// admitUserLocked counts a connection of user against MaxConnsPerUser.
+// Called with s.mu held, with the connection map it mirrors; release with
+// releaseUserLocked.
 func (s *Server) admitUserLocked(user string) bool {
 	if user == "" {
 		return true
@@ -112,7 +117,7 @@ func (c *conn) watchExpiry(exp time.Time) {
 	c.expiry = time.AfterFunc(time.Until(exp.Add(c.s.cfg.TokenLeeway)), func() {
 		c.s.metrics.AuthRefused.WithLabelValues(metrics.RefusedTokenExpired).Inc()
 		c.log.Info("token expired, closing")
-		c.closeWithError(StatusTokenExpired, auth.CodeTokenExpired, auth.CodeTokenExpired, "token expired: get a fresh token and reconnect with since")
+		c.closeWithError(StatusTokenExpired, auth.CodeTokenExpired, auth.CodeTokenExpired, msgTokenExpired)
 	})
 }
 
@@ -187,12 +192,6 @@ func authzErrorCode(err error) string {
 	return ""
 }
 
-// revokeMsg is the body of threadbus.authz.revoke; an absent field matches all.
-type revokeMsg struct {
-	User     string `json:"user"`
-	ThreadID string `json:"thread_id"`
-}
-
 // revoker is an Authorizer that caches decisions (auth.Cache).
 type revoker interface{ Revoke(user, thread string) }
 
@@ -212,37 +211,31 @@ func (s *Server) subscribeRevoke() error {
 // revoke forgets the matching allowed pairs and unbinds the matching
 // connections, each on its own goroutine: a connection may be replaying.
 func (s *Server) revoke(msg *nats.Msg) {
-	var m revokeMsg
-	if err := json.Unmarshal(msg.Data, &m); err != nil {
+	user, tid, err := auth.ParseRevoke(msg.Data)
+	if err != nil {
 		s.log.Warn("bad revoke message", "subject", msg.Subject, "err", err)
 		return
 	}
-	if m.ThreadID != "" {
-		if err := subjects.ValidateThreadID(m.ThreadID); err != nil {
-			s.log.Warn("bad revoke message", "subject", msg.Subject, "err", err)
-			return
-		}
-	}
 	if r, ok := s.cfg.Authorizer.(revoker); ok {
-		r.Revoke(m.User, m.ThreadID)
+		r.Revoke(user, tid)
 	}
 	s.mu.Lock()
 	var hit []*conn
 	for _, c := range s.conns {
-		if m.User == "" || c.user == m.User {
+		if user == "" || c.user == user {
 			hit = append(hit, c)
 		}
 	}
 	s.mu.Unlock()
 	n := 0
 	for _, c := range hit {
-		if !c.mayBeBoundTo(m.ThreadID) {
+		if !c.mayBeBoundTo(tid) {
 			continue
 		}
 		n++
-		c.async(func() { c.revokeBinding(m.ThreadID) })
+		c.async(func() { c.revokeBinding(tid) })
 	}
-	s.log.Info("authorization revoked", "user", m.User, "thread", m.ThreadID, "connections", n)
+	s.log.Info("authorization revoked", "user", user, "thread", tid, "connections", n)
 }
 
 // mayBeBoundTo reports whether the connection is bound, or being bound, to
@@ -320,14 +313,11 @@ func (c *conn) backendClose(msg *nats.Msg) {
 const maxCloseReason = 120
 
 func respondClose(msg *nats.Msg, err error) {
-	if msg.Reply == "" {
+	if err != nil {
+		respond(msg, bindReply{Error: &bindError{Code: frame.CodeInvalidFrame, Message: err.Error()}})
 		return
 	}
-	var body []byte
-	if err != nil {
-		body, _ = json.Marshal(bindReply{Error: &bindError{Code: frame.CodeInvalidFrame, Message: err.Error()}})
-	} else {
-		body = []byte(`{"ok":true}`)
+	if msg.Reply != "" {
+		_ = msg.Respond([]byte(`{"ok":true}`)) // the requester may have gone
 	}
-	_ = msg.Respond(body)
 }
