@@ -43,7 +43,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "replay-grace", Value: sidecar.DefaultReplayGrace, Usage: "how far back a binding without since replays", EnvVars: envVars("REPLAY_GRACE")},
 			&cli.Int64Flag{Name: "replay-cache-bytes", Value: bus.DefaultRecentBytes, Usage: "memory for the recent events that answer replays without reading the stream; 0 turns it off", EnvVars: envVars("REPLAY_CACHE_BYTES")},
 			&cli.DurationFlag{Name: "retention", Value: bus.DefaultRetention, Usage: "how long the THREADS stream keeps frames and events", EnvVars: envVars("RETENTION")},
-			&cli.IntFlag{Name: "replicas", Usage: "replicas of THREADS and the bindings bucket when this sidecar creates them (default: 3 on a cluster of 3 or more servers, else 1)", EnvVars: envVars("REPLICAS")},
+			&cli.IntFlag{Name: "replicas", Usage: "replicas of THREADS and the bindings bucket when this sidecar creates them; 0: 3 on a cluster of 3 or more servers, else 1", EnvVars: envVars("REPLICAS")},
 			&cli.DurationFlag{Name: "registry-ttl", Value: bus.DefaultRegistryTTL, Usage: "how long a binding outlives its sidecar in the registry", EnvVars: envVars("REGISTRY_TTL")},
 			&cli.Int64Flag{Name: "max-frame-bytes", Value: sidecar.DefaultMaxFrameBytes, Usage: "largest client frame; larger ones close with 1009", EnvVars: envVars("MAX_FRAME_BYTES")},
 			&cli.IntFlag{Name: "send-queue-bytes", Value: sidecar.DefaultSendQueueBytes, Usage: "per-connection send queue; overflow closes with 1008", EnvVars: envVars("SEND_QUEUE_BYTES")},
