@@ -313,6 +313,20 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int, side stor
 		}
 		over.add(int64(fl.refused))
 	}
+	// finish waits for the replays, then measures and tallies the storm
+	// the same way whether the connections bound on connect or later.
+	finish := func(fl *fleet, m *meter, stop func(), start time.Duration) (stormPhase, error) {
+		waitErr := waitFor(ctx, e.cfg.WaitTimeout, waitOn, int64(conns))
+		if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, side.phase); err != nil {
+			return p, err
+		}
+		fl.close()
+		p.tallyStorm(k, conns, sentAt, state)
+		if waitErr != nil {
+			e.log.Warn("storm incomplete", "err", waitErr)
+		}
+		return p, nil
+	}
 	if e.cfg.Storm.Connect {
 		e.prog.note("%s: %d connections connect and bind their threads", side.phase, conns)
 		stop := e.prog.start(side.phase, func() string {
@@ -332,16 +346,7 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int, side stor
 		defer fl.close()
 		p.connect = time.Since(base) - start
 		refusals(fl)
-		waitErr := waitFor(ctx, e.cfg.WaitTimeout, waitOn, int64(conns))
-		if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, side.phase); err != nil {
-			return p, err
-		}
-		fl.close()
-		p.tallyStorm(k, conns, sentAt, state)
-		if waitErr != nil {
-			e.log.Warn("storm incomplete", "err", waitErr)
-		}
-		return p, nil
+		return finish(fl, m, stop, start)
 	}
 	e.prog.note("%s: opening %d unbound connections", side.phase, conns)
 	began := time.Now()
@@ -371,16 +376,7 @@ func stormThreadbus(ctx context.Context, e *env, t *target, conns int, side stor
 		stop()
 		return p, fmt.Errorf("bind requests: %w", err)
 	}
-	waitErr := waitFor(ctx, e.cfg.WaitTimeout, waitOn, int64(conns))
-	if err := p.wrapUp(ctx, e, t, m, stop, done, base, start, side.phase); err != nil {
-		return p, err
-	}
-	fl.close()
-	p.tallyStorm(k, conns, sentAt, state)
-	if waitErr != nil {
-		e.log.Warn("storm incomplete", "err", waitErr)
-	}
-	return p, nil
+	return finish(fl, m, stop, start)
 }
 
 // stormConn is one connection's side of a storm, written by its reader
