@@ -204,8 +204,12 @@ func (s *Server) subscribeRevoke() error {
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", subjects.AuthzRevoke, err)
 	}
+	if err := s.bus.Conn().FlushTimeout(s.cfg.BindTimeout); err != nil {
+		_ = sub.Unsubscribe() // New fails: nothing may call the Server's revoke
+		return fmt.Errorf("subscribe %s: %w", subjects.AuthzRevoke, err)
+	}
 	s.revokeSub = sub
-	return s.bus.Conn().FlushTimeout(s.cfg.BindTimeout)
+	return nil
 }
 
 // revoke forgets the matching allowed pairs and unbinds the matching

@@ -40,7 +40,7 @@ type conn struct {
 	user     string             // the verified user; "" without authentication
 	claims   map[string]any     // the token's claims, kept only for an Authorizer
 	expiry   *time.Timer        // closes the connection when its token expires
-	lim      *connLimits        // see limits.go
+	lim      *connLimits        // see limits.go; set under mu
 
 	// bindMu serialises binding changes and inbound publishes, so that they
 	// happen in the order the frames (and backend binds) arrived.

@@ -128,9 +128,10 @@ const (
 var closeGrace = map[string]time.Duration{reasonRateLimit: time.Second, reasonInvalidUTF8: time.Second}
 
 // connLimits are one connection's limiters, made at its first frame or
-// client-caused bind so that an idle connection does not pay for them.
-// They are used by the reader and, under bindMu, by binds the client
-// causes; the two never run at once (see conn.readLoop).
+// bind so that an idle connection does not pay for them. The reader and
+// binds use them at the same time (a backend bind runs on a goroutine of
+// its own): the limiters are safe for concurrent use, c.lim is set under
+// c.mu, and recent and next are used by binds only, under bindMu.
 type connLimits struct {
 	frames, bytes, binds, threads, patience *rate.Limiter
 	recent                                  [recentThreads]string // threads bound lately
@@ -138,6 +139,8 @@ type connLimits struct {
 }
 
 func (c *conn) limits() *connLimits {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.lim != nil {
 		return c.lim
 	}
