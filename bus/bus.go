@@ -91,6 +91,8 @@ type Bus struct {
 	bgDone   bool
 	bgWG     sync.WaitGroup
 
+	checkMu sync.Mutex // serialises checkStream
+
 	outageMu sync.Mutex
 	outage   *time.Timer // runs while disconnected: fails every feed at OutageBound
 
@@ -177,7 +179,7 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	err = retryUnavailable(ctx, b.log, "open the THREADS stream", func() error {
 		var err error
-		b.stream, err = ensureStream(ctx, b.js, b.cfg.withStoreLimits(StreamConfig(cfg.Retention, b.cfg.Replicas)), b.log)
+		b.stream, err = ensureStream(ctx, b.js, b.streamConfig(), b.log)
 		return err
 	})
 	if err != nil {
@@ -313,19 +315,29 @@ func (b *Bus) Ready(ctx context.Context) error {
 	return nil
 }
 
+// streamConfig is THREADS as this sidecar creates it: at start, and again
+// when it was deleted.
+func (b *Bus) streamConfig() jetstream.StreamConfig {
+	return b.cfg.withStoreLimits(StreamConfig(b.cfg.Retention, b.cfg.Replicas))
+}
+
 // checkStream reads the stream's info. A stream that was deleted is
 // created again (with this sidecar's flags); a stream re-created since the
 // last check (another creation time: another epoch, whose sequences start
 // again) fails every live feed with ErrStreamChanged, so that clients
 // resume and learn that their positions belong to the old epoch.
 func (b *Bus) checkStream(ctx context.Context) {
+	// The reconnect handler and the idle loop both check: one at a time,
+	// or a late answer could set the epoch back.
+	b.checkMu.Lock()
+	defer b.checkMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
 	defer cancel()
 	info, err := b.stream.Info(ctx)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		b.log.Warn("stream missing, creating it again", "stream", subjects.Stream)
 		var s jetstream.Stream
-		if s, err = ensureStream(ctx, b.js, StreamConfig(b.cfg.Retention, b.cfg.Replicas), b.log); err == nil {
+		if s, err = ensureStream(ctx, b.js, b.streamConfig(), b.log); err == nil {
 			info = s.CachedInfo()
 		}
 	}

@@ -104,8 +104,11 @@ func TestStreamRecreated(t *testing.T) {
 	if e.bus.Epoch() == old {
 		t.Error("epoch unchanged after the stream was re-created")
 	}
-	if _, err := e.js.Stream(testCtx(t), subjects.Stream); err != nil {
+	if s, err := e.js.Stream(testCtx(t), subjects.Stream); err != nil {
 		t.Errorf("stream not created again: %v", err)
+	} else if c := s.CachedInfo().Config; c.MaxBytes != bus.DefaultMaxBytes || c.MaxMsgsPerSubject != bus.DefaultMaxMsgsPerSubject {
+		t.Errorf("stream created again with MaxBytes %d, MaxMsgsPerSubject %d; want the sidecar's limits %d, %d",
+			c.MaxBytes, c.MaxMsgsPerSubject, bus.DefaultMaxBytes, bus.DefaultMaxMsgsPerSubject)
 	}
 	if err := e.bus.Ready(testCtx(t)); err != nil {
 		t.Errorf("Ready after the stream was created again: %v", err)
