@@ -359,11 +359,13 @@ func (r *recent) warm(done chan struct{}) {
 	w, err := r.read()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.warmed != done || r.state != recentWarming {
+		// Reset meanwhile, maybe with another warm-up under way since: what
+		// this one read may predate the reset, and pend is the other's.
+		return
+	}
 	pend := r.pend
 	r.pend = nil
-	if r.state != recentWarming {
-		return // reset meanwhile
-	}
 	if err != nil {
 		r.state = recentCold // the next idle check tries again
 		r.b.log.Warn("replay window warm-up failed", "err", err)
