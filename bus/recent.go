@@ -147,13 +147,7 @@ func (w *window) coverage(t *recentThread) (uint64, time.Time) {
 // completeness only after it.
 func (w *window) evictOldest() bool {
 	for w.head < len(w.fifo) {
-		s := w.fifo[w.head]
-		w.fifo[w.head] = fifoSlot{}
-		w.head++
-		if w.head > 1024 && w.head > len(w.fifo)/2 {
-			w.fifo = append([]fifoSlot(nil), w.fifo[w.head:]...)
-			w.head = 0
-		}
+		s := w.popHead()
 		t := w.threads[s.tid]
 		if t == nil || len(t.evs) == 0 || t.evs[0].Seq != s.seq {
 			continue // dropped already (a broken chain)
@@ -218,15 +212,24 @@ func (w *window) live(tid string, ev Event, prev uint64) {
 	w.add(tid, t, ev)
 }
 
+// popHead takes the oldest slot off the fifo: cleared, so that its thread
+// id is not kept, and the slice compacted once most of it lies behind head.
+func (w *window) popHead() fifoSlot {
+	s := w.fifo[w.head]
+	w.fifo[w.head] = fifoSlot{}
+	w.head++
+	if w.head > 1024 && w.head > len(w.fifo)/2 {
+		w.fifo = append([]fifoSlot(nil), w.fifo[w.head:]...)
+		w.head = 0
+	}
+	return s
+}
+
 // dropBefore forgets the events below first, which the stream no longer
 // holds. The window's claims stay: nothing below first exists.
 func (w *window) dropBefore(first uint64) {
-	for w.head < len(w.fifo) {
-		s := w.fifo[w.head]
-		if s.seq >= first {
-			return
-		}
-		w.head++
+	for w.head < len(w.fifo) && w.fifo[w.head].seq < first {
+		s := w.popHead()
 		t := w.threads[s.tid]
 		if t == nil || len(t.evs) == 0 || t.evs[0].Seq != s.seq {
 			continue
