@@ -56,7 +56,7 @@ func (b *Bus) History(ctx context.Context, tid string, start Start, fn func(ev E
 		from = jetstreamext.GetBatchStartTime(start.Time)
 	}
 	for {
-		last, more, err := b.historyBatch(ctx, tid, subj, from, fn)
+		last, more, err := b.historyBatch(ctx, tid, subj, historyBatch, from, fn)
 		if err != nil || !more {
 			return err
 		}
@@ -64,14 +64,15 @@ func (b *Bus) History(ctx context.Context, tid string, start Start, fn func(ev E
 	}
 }
 
-// historyBatch reads one batch of History. more says whether the thread
+// historyBatch reads one batch of History, of at most n events. more says
+// whether the thread
 // has events after last that fn wants.
-func (b *Bus) historyBatch(ctx context.Context, tid, subj string, from jetstreamext.GetBatchOpt, fn func(ev Event, pending uint64) bool) (last uint64, more bool, err error) {
+func (b *Bus) historyBatch(ctx context.Context, tid, subj string, n int, from jetstreamext.GetBatchOpt, fn func(ev Event, pending uint64) bool) (last uint64, more bool, err error) {
 	// Each batch has its own timeout: a replay paced by a slow client may
 	// last much longer than any one read.
 	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
 	defer cancel()
-	msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, historyBatch, jetstreamext.GetBatchSubject(subj), from)
+	msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, n, jetstreamext.GetBatchSubject(subj), from)
 	if err != nil {
 		return 0, false, fmt.Errorf("read history of %s: %w", subj, err)
 	}

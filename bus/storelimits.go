@@ -2,8 +2,6 @@ package bus
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
@@ -63,30 +61,16 @@ func (b *Bus) ThreadTrimmed(ctx context.Context, tid string, since uint64) (bool
 		return false, err
 	}
 	// One direct get of the thread's first message tells both its sequence
-	// and, in Nats-Num-Pending, how many follow it. A STREAM.INFO with a
+	// and, in Nats-Num-Pending, how many follow. A STREAM.INFO with a
 	// subject filter per bind went through the JetStream API and cost a
 	// 10,000-connection storm about a second.
-	ctx, cancel := context.WithTimeout(ctx, feedIOTimeout)
-	defer cancel()
-	msgs, err := jetstreamext.GetBatch(ctx, b.js, subjects.Stream, 1, jetstreamext.GetBatchSubject(subj), jetstreamext.GetBatchSeq(1))
-	if err != nil {
-		return false, fmt.Errorf("first message of %s: %w", subj, err)
+	var first, count uint64
+	_, _, err = b.historyBatch(ctx, tid, subj, 1, jetstreamext.GetBatchSeq(1), func(ev Event, pending uint64) bool {
+		first, count = ev.Seq, 1+pending
+		return false
+	})
+	if err != nil || count < uint64(limit) {
+		return false, err // count 0: nothing stored, nothing left to miss
 	}
-	for m, err := range msgs {
-		if errors.Is(err, jetstreamext.ErrNoMessages) {
-			return false, nil // nothing stored: nothing left to miss
-		}
-		if err != nil {
-			return false, fmt.Errorf("first message of %s: %w", subj, err)
-		}
-		first, _ := streamSeqTime(m)
-		if 1+numPending(m) < uint64(limit) {
-			return false, nil
-		}
-		return first > since+1, nil
-	}
-	if err := ctx.Err(); err != nil {
-		return false, fmt.Errorf("first message of %s: %w", subj, err)
-	}
-	return false, fmt.Errorf("first message of %s: no reply from stream %s", subj, subjects.Stream)
+	return first > since+1, nil
 }
