@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -139,11 +140,29 @@ func clusterOptions(opts *server.Options, cfg ServerConfig) error {
 		opts.Routes = append(opts.Routes, u)
 	}
 	if cfg.ServerName == "" && opts.ServerName == "" && port != server.RANDOM_PORT {
-		// Stable across restarts (JetStream's peers are named servers),
-		// distinct within the cluster.
-		opts.ServerName = "threadbus-" + strings.NewReplacer(":", "-", ".", "-", "[", "", "]", "").Replace(cfg.ClusterListen)
+		name, err := clusterServerName(host, port)
+		if err != nil {
+			return err
+		}
+		opts.ServerName = name
 	}
 	return nil
+}
+
+// clusterServerName names a clustered server after its cluster address:
+// stable across restarts (JetStream knows its peers by name) and distinct
+// within the cluster. Nodes that all listen on an unspecified address
+// (0.0.0.0:6222, the usual container setup) are told apart by host name.
+func clusterServerName(host string, port int) (string, error) {
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		hn, err := os.Hostname()
+		if err != nil || hn == "" {
+			return "", fmt.Errorf("embedded nats: name the server: cluster listen address %s:%d is unspecified and the host name is unknown (%v)", host, port, err)
+		}
+		host = hn
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	return "threadbus-" + strings.NewReplacer(":", "-", ".", "-", "[", "", "]", "").Replace(addr), nil
 }
 
 // splitHostPort parses host:port; port 0 means a random port.

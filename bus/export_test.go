@@ -52,3 +52,6 @@ func RecentHeld(b *Bus, tid string) []uint64 {
 	}
 	return seqs
 }
+
+// ClusterServerName is clusterServerName, for its test.
+var ClusterServerName = clusterServerName

@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -278,5 +279,31 @@ func TestOpenErrors(t *testing.T) {
 	if b, err := bus.Open(t.Context(), bus.Config{URL: "nats://127.0.0.1:1", Logger: testLogger(t)}); err == nil {
 		_ = b.Close(t.Context())
 		t.Error("Open of an unreachable server: no error")
+	}
+}
+
+// TestClusterServerName: a clustered embedded server is named after its
+// cluster address, and by host name when that address is unspecified, so
+// nodes that all listen on 0.0.0.0 get distinct names.
+func TestClusterServerName(t *testing.T) {
+	hn, err := os.Hostname()
+	if err != nil {
+		t.Skip("no host name on this machine:", err)
+	}
+	want := "threadbus-" + strings.NewReplacer(".", "-", ":", "-").Replace(hn) + "-6222"
+	for _, c := range []struct {
+		host string
+		want string
+	}{
+		{"127.0.0.1", "threadbus-127-0-0-1-6222"},
+		{"::1", "threadbus---1-6222"},
+		{"0.0.0.0", want},
+		{"::", want},
+		{"", want},
+	} {
+		got, err := bus.ClusterServerName(c.host, 6222)
+		if err != nil || got != c.want {
+			t.Errorf("ClusterServerName(%q, 6222) = %q, %v; want %q", c.host, got, err, c.want)
+		}
 	}
 }
