@@ -219,9 +219,13 @@ func (b *Bus) outageBegan() {
 	if b.outage != nil {
 		return
 	}
+	// The feeds fail on a background goroutine, which Close waits for
+	// (and which does not start once Close has begun).
 	b.outage = time.AfterFunc(OutageBound, func() {
-		b.log.Error("nats unreachable, failing every live feed", "for", OutageBound)
-		b.hub.failAll(fmt.Errorf("%w: nats unreachable for %v", ErrUnavailable, OutageBound))
+		b.goBackground(func() {
+			b.log.Error("nats unreachable, failing every live feed", "for", OutageBound)
+			b.hub.failAll(fmt.Errorf("%w: nats unreachable for %v", ErrUnavailable, OutageBound))
+		})
 	})
 }
 
