@@ -54,6 +54,7 @@ type conn struct {
 	bindingTo string // the thread a bind under way is for, so revocation finds it
 	dead      bool   // the connection has ended; nothing more is bound or queued
 	pinging   bool   // a ping waits for its pong (see liveness.go)
+	reading   bool   // the read loop runs: a pong can be received
 	sendQueue
 
 	wg sync.WaitGroup // writer and backend-bind goroutines
@@ -180,6 +181,9 @@ func (c *conn) bindFromQuery(tid string, q url.Values) {
 }
 
 func (c *conn) readLoop() {
+	c.mu.Lock()
+	c.reading = true
+	c.mu.Unlock()
 	for {
 		// No context: one with a Done channel costs every idle connection
 		// a registered callback (context.AfterFunc) while it waits. The

@@ -64,12 +64,15 @@ func (s *Server) shard(k, n int) []*conn {
 
 // ping sends a WebSocket ping on a goroutine that waits for its pong (the
 // reader receives it) and closes the connection without one. It skips a
-// connection younger than interval (it may not be reading yet), closing,
-// already pinged, or whose writer is busy: a write blocked on the client is
-// bounded by WriteTimeout, and a ping would wait behind it.
+// connection whose reader has not started (its pong would go unread: a
+// replay asked for at connect runs first, however long it takes), one
+// younger than interval (its first ping comes a full interval after it
+// opened), closing, already pinged, or whose writer is busy: a write
+// blocked on the client is bounded by WriteTimeout, and a ping would wait
+// behind it.
 func (c *conn) ping(interval time.Duration) {
 	c.mu.Lock()
-	skip := c.dead || c.sendQueue.closeCode != 0 || c.sendQueue.writing || c.pinging ||
+	skip := !c.reading || c.dead || c.sendQueue.closeCode != 0 || c.sendQueue.writing || c.pinging ||
 		time.Since(c.openedAt) < interval
 	if !skip {
 		c.pinging = true
